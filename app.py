@@ -1,0 +1,24 @@
+"""ChestLab: the Streamlit entry point.
+
+Routes to the four pages with ``st.navigation``; the pages themselves are thin and call
+``core``. Run with ``streamlit run app.py``.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+st.set_page_config(page_title="ChestLab", page_icon=":material/radiology:", layout="wide")
+
+from pages import common  # noqa: E402  (after set_page_config)
+
+common.ensure_demo_dataset()
+
+pages = [
+    st.Page("pages/explore.py", title="Explore", icon=":material/query_stats:", default=True),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/stacked_line_chart:"),
+    st.Page("pages/inspect.py", title="Inspect", icon=":material/center_focus_strong:"),
+]
+nav = st.navigation(pages)
+common.sidebar()
+nav.run()

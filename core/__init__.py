@@ -1,0 +1,1 @@
+"""ChestLab core: everything but the pages. Never imports streamlit."""

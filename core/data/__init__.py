@@ -1,0 +1,2 @@
+"""Datasets: formats read into one index table, image decoding, the demo data, tasks,
+splits and caches."""
