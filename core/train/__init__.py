@@ -1,0 +1,1 @@
+"""Training: losses & samplers registries, the one training loop, metrics, checkpoints."""
