@@ -17,15 +17,17 @@ def no_progress(done: int, total: int, message: str = "") -> None:
 
 
 @contextmanager
-def tqdm_progress(desc: str, unit: str = "it", enabled: bool = True) -> Iterator[ProgressFn]:
-    """A progress callback drawing a tqdm bar on stderr (quiet when stderr is not a tty
-    and ``enabled`` is False)."""
+def tqdm_progress(desc: str, unit: str = "it", enabled: bool | None = None) -> Iterator[ProgressFn]:
+    """A progress callback drawing a tqdm bar on stderr; by default only when stderr is a
+    terminal (a log file or a pipe gets no carriage-return spam)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
     if not enabled:
         yield no_progress
         return
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=0.25)
     try:
 
         def update(done: int, total: int, message: str = "") -> None:

@@ -110,3 +110,50 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[MetricRow]:
         if line.strip():
             rows.append(MetricRow(**json.loads(line)))
     return rows
+
+
+class TqdmReporter:
+    """A progress bar on stderr for a foreground run: ETA, live loss and the val metric."""
+
+    def __init__(self, epochs: int, monitor: str = "auc", enabled: bool = True) -> None:
+        self.epochs, self.monitor, self.enabled = epochs, monitor, enabled
+        self._bar: Any = None
+        self._val: float | None = None
+
+    def __enter__(self) -> TqdmReporter:
+        if self.enabled:
+            import sys
+
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=1000, desc="training", unit="‰", file=sys.stderr, dynamic_ncols=True,
+                             bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def log_metrics(self, rows: list[MetricRow]) -> None:
+        for r in rows:
+            if r.split == "val" and r.name == self.monitor:
+                self._val = r.value
+
+    def progress(self, fraction: float, epoch: int, step: int, message: str = "") -> None:
+        if self._bar is None:
+            return
+        self._bar.n = int(round(fraction * 1000))
+        val = f" | val {self.monitor} {self._val:.3f}" if self._val is not None else ""
+        self._bar.set_postfix_str(f"{message}{val}", refresh=False)
+        self._bar.refresh()
+
+    def set_info(self, **info: Any) -> None:
+        return None
+
+    def should_stop(self) -> bool:
+        return False
+
+    def finish(self, status: str, best: dict[str, float], test: dict[str, Any], error: str = "") -> None:
+        if self._bar is not None and status == "done":
+            self._bar.n = 1000
+            self._bar.refresh()
