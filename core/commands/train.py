@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from core.runs.execute import execute_run
     from core.runs.store import RunStore
     from core.runs.submit import submit_run
+    from core.train.device import resolve_device
     from core.train.reporter import TqdmReporter
 
     store = RunStore()
@@ -126,10 +128,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record = store.get_run(args.run_id)
         return execute_run(store, record, device=args.device)
     config = build_config(args)
+    # A device this machine cannot use is one clear error now, not a failed run later.
+    resolve_device(config.device)
     if args.background:
         rec = submit_run(config, store=store)
         return {"run_id": rec.id, "status": rec.status.value}
     rec = store.create_run(config.to_dict(), name=config.display_name, tags=config.tags)
     record = store.claim_run(rec.id, socket.gethostname())
-    with TqdmReporter(config.epochs, monitor=config.monitor, enabled=not args.json) as bar:
+    with TqdmReporter(config.epochs, monitor=config.monitor, enabled=sys.stderr.isatty()) as bar:
         return execute_run(store, record, extra_reporters=(bar,), log_file=True)
