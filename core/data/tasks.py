@@ -182,7 +182,7 @@ def apply_task(index: pd.DataFrame, task: Task) -> pd.DataFrame:
     if df.empty:
         raise ConfigError(f"task {task.name or '(unnamed)'}: no rows left after merges, drops and filters")
     classes = list(task.classes) or order_classes(df["class_name"].unique())
-    missing = sorted(set(df["class_name"]) - set(classes))
+    missing = sorted(set(df["class_name"].unique()) - set(classes))
     if missing:
         df = df[df["class_name"].isin(classes)].reset_index(drop=True)
     df["target"] = df["class_name"].map({c: i for i, c in enumerate(classes)}).astype("int64")
