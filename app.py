@@ -5,9 +5,13 @@ Routes to the four pages with ``st.navigation``; the pages themselves are thin a
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-st.set_page_config(page_title="ChestLab", page_icon=":material/radiology:", layout="wide")
+# A local favicon: a Material icon here would be fetched from fonts.gstatic.com (offline: a
+# console error on every page).
+st.set_page_config(page_title="ChestLab", page_icon=str(Path(__file__).parent / ".streamlit" / "favicon.png"), layout="wide")
 
 from pages import common  # noqa: E402  (after set_page_config)
 
