@@ -110,10 +110,10 @@ def find_dataset(path: str, workspace: str | os.PathLike[str] | None = None) -> 
 
 def ensure_demo(workspace: str | os.PathLike[str] | None = None, seed: int = 0) -> DatasetRef:
     """Write the demo dataset into ``<workspace>/demo`` (if not there) and register it."""
-    from core.data.demo import is_demo, write_demo
+    from core.data.demo import demo_info, write_demo
 
     root = workspace_root(workspace) / DEMO_NAME
     with _lock(workspace):
-        if not is_demo(root):
+        if demo_info(root) is None:
             write_demo(root, seed=seed)
     return register_dataset(root, "auto", {}, DEMO_NAME, workspace)
