@@ -1,9 +1,10 @@
 """Run one stored run in this process: the body of ``python -m core train``.
 
-Used both by the worker's training processes (``--run-id``) and by a foreground
-``python -m core train``. Whatever happens, the run ends with a status in the store, its log
-and its checkpoints on disk: a ChestLabError becomes ``failed`` with its one-line reason, any
-other exception ``failed`` with its type, message and the traceback in the log.
+Used both by the worker's training processes (``--run-id``, on this machine or as a Ray
+job on another node) and by a foreground ``python -m core train``. Whatever happens, the run
+ends with a status in the store, its log and its checkpoints on disk: a ChestLabError becomes
+``failed`` with its one-line reason, any other exception ``failed`` with its type, message
+and the traceback in the log.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from core.errors import ChestLabError
+from core.errors import ChestLabError, DataError
 from core.fileio import atomic_write_json
 from core.runs import run_dir
 from core.runs.store import RunRecord, RunStore, StoreReporter
@@ -32,6 +33,46 @@ def _log_to_file(path: Path) -> logging.Handler:
     return handler
 
 
+def _launched_remotely() -> tuple[bool, str, str]:
+    """(on a cluster node?, where: "node HOST (ray job REF)", what to do about a missing path)."""
+    launcher = os.environ.get("CHESTLAB_LAUNCHER", "")
+    remote = launcher not in ("", "local")
+    where = f"node {socket.gethostname()}"
+    if remote:
+        return (
+            True,
+            f"{where} ({launcher} job {os.environ.get('CHESTLAB_LAUNCHER_REF', '?')})",
+            SHARED_FS_HINT,
+        )
+    return False, where, "restore it there, or queue the run again with the new path"
+
+
+SHARED_FS_HINT = "mount the shared filesystem at the same path on every node"
+
+
+def check_workspace(workspace: Any = None) -> None:
+    """On a cluster node, the workspace (run folders, checkpoints) must be the shared one:
+    checked before anything creates an empty local folder in its place."""
+    remote, where, hint = _launched_remotely()
+    path = str(workspace or os.environ.get("CHESTLAB_WORKSPACE") or "")
+    if remote and path and not os.path.isdir(path):
+        raise DataError(f"workspace {path} not found on {where}: {hint}")
+
+
+def check_paths(record: RunRecord, workspace: Any = None) -> None:
+    """The run's dataset (and weights file, and on a cluster node the workspace) must be
+    visible here; fail at once naming the path and the node, not deep in the loader."""
+    check_workspace(workspace)
+    _, where, hint = _launched_remotely()
+    paths = [("dataset", record.config.get("data"))]
+    pretrained = str(record.config.get("pretrained") or "")
+    if pretrained not in ("", "none", "imagenet"):
+        paths.append(("pretrained weights", pretrained))
+    for what, path in paths:
+        if path and not os.path.exists(path):
+            raise DataError(f"{what} {path} not found on {where}: {hint}")
+
+
 def execute_run(
     store: RunStore,
     record: RunRecord,
@@ -43,6 +84,15 @@ def execute_run(
 ) -> dict[str, Any]:
     """Train ``record`` to its end; returns the CLI's result dict
     ``{"run_id", "status", "best", "test"}``. Re-raises after recording a failure."""
+    if record.status.finished:  # cancelled while its job waited for cluster resources
+        log.info("run %s is %s: not training it", record.id, record.status.value)
+        return {"run_id": record.id, "status": record.status.value, "best": record.best, "test": record.test}
+    try:
+        check_paths(record, workspace)  # before run_dir() creates a workspace where there is none
+    except ChestLabError as exc:
+        log.error("run %s failed: %s", record.id, exc)
+        store.finish(record.id, "failed", error=str(exc))
+        raise
     from core.config import RunConfig
     from core.train.loop import fit
 
@@ -62,8 +112,9 @@ def execute_run(
             os.getpid(),
             socket.gethostname(),
             config.device,
-            record.launcher or "foreground",
-            record.launcher_ref or str(os.getpid()),
+            # The launcher's own identity: the worker may not have recorded it yet.
+            os.environ.get("CHESTLAB_LAUNCHER") or record.launcher or "foreground",
+            os.environ.get("CHESTLAB_LAUNCHER_REF") or record.launcher_ref or str(os.getpid()),
         )
         log.info(
             "run %s (%s) starting%s on %s",

@@ -2,8 +2,8 @@
 
 The worker talks to one small ``Launcher`` interface. ``LocalProcessLauncher`` (the default)
 runs ``python -m core train --run-id ...`` as a child process in its own session on this
-machine; a cluster launcher (Ray Jobs, issue 9) registers under another name in
-``LAUNCHERS`` and the worker, store and pages stay as they are.
+machine; ``RayJobsLauncher`` (core/runs/ray_launcher.py, registered as ``ray``) runs the
+same command as a Ray job. The worker, store and pages stay as they are.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ class LaunchState:
     alive: bool
     exit_code: int | None = None
     reason: str = ""  # why it ended, for the run's error text
+    pending: bool = False  # alive but waiting in the launcher's queue (not started yet)
+    cancelled: bool = False  # ended because it was stopped on purpose (e.g. `ray job stop`)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,10 @@ class DeviceInfo:
 
 class Launcher(Protocol):
     name: str
+    # True when the launcher queues runs itself (Ray): the worker hands it every run it
+    # has room for (``default_slots`` per device) and runs wait there as ``queued``.
+    queues: bool
+    default_slots: int
 
     def start(self, run: RunRecord, device: str, log_path: Path) -> str:
         """Start the run's training process; returns a reference for poll and cancel."""
@@ -158,6 +164,8 @@ class LocalProcessLauncher:
     """
 
     name = "local"
+    queues = False
+    default_slots = 1
 
     def __init__(
         self,
@@ -316,3 +324,7 @@ def probe_accelerators(timeout_s: float = 120.0) -> list[DeviceInfo]:
     except (subprocess.SubprocessError, OSError, ValueError, IndexError) as exc:
         log.warning("could not probe for GPUs (%s); using the CPU only", exc)
         return []
+
+
+# Registers the Ray launcher (it imports ray only when used).
+import core.runs.ray_launcher  # noqa: E402, F401

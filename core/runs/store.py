@@ -1,5 +1,5 @@
-"""The run store: runs and their metric rows, in the workspace's SQLite file (or, later, a
-server database reached by URL).
+"""The run store: runs and their metric rows, in the workspace's SQLite file or a PostgreSQL
+server reached by URL (``$CHESTLAB_STORE_URL``), with the same SQL on both.
 
 Writers are the training processes (metrics, progress, result), the worker (claims, pids,
 deaths) and the app (submit, cancel, resume, delete). Every change is one short statement
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import threading
 import time
@@ -88,6 +87,7 @@ MIGRATIONS: list[list[str]] = [
     ],
 ]
 
+HOLD_PREFIX = "submitting:"  # launcher_ref of a run taken by a worker that is submitting it
 METRIC_COLUMNS = ["id", "run_id", "epoch", "step", "split", "name", "value", "time"]
 LIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -208,7 +208,7 @@ class RunStore:
     def where(self) -> str:
         """The database file, or the server URL without its password."""
         path = db.sqlite_path(self.url)
-        return str(path) if path is not None else re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.url)
+        return str(path) if path is not None else db.redact(self.url)
 
     def _not_found(self, run_id: str) -> str:
         return f"run {run_id!r} not found in {self.where}; list runs with `python -m core runs`"
@@ -218,7 +218,7 @@ class RunStore:
     def _conn(self) -> db.Connection:
         # A connection must not cross a fork or a thread; re-open in a new process.
         conn = getattr(self._local, "conn", None)
-        if conn is None or self._local.pid != os.getpid():
+        if conn is None or self._local.pid != os.getpid() or conn.broken:
             conn = db.connect(self.url)
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
@@ -231,7 +231,11 @@ class RunStore:
 
     def _migrate(self) -> None:
         conn = self._conn()
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        # Created inside the write lock: two processes creating the same table at once
+        # collide on PostgreSQL even with IF NOT EXISTS.
+        if not conn.table_exists("schema_version"):
+            with conn.write():
+                conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         version = self._schema_version(conn)
         if version == len(MIGRATIONS):
             return  # the common case: no write lock taken
@@ -300,9 +304,14 @@ class RunStore:
         rows = self._conn().execute(f"{sql} ORDER BY created {order}, id {order}", params)
         return [RunRecord.from_row(r) for r in rows]
 
-    def claim_next(self, host: str, requested_devices: Sequence[str] | None = None) -> RunRecord | None:
+    def claim_next(
+        self, host: str, requested_devices: Sequence[str] | None = None, queue_in: str | None = None
+    ) -> RunRecord | None:
         """Atomically take the oldest queued run (whose config asks for one of
-        ``requested_devices``, if given) and mark it running on ``host``."""
+        ``requested_devices``, if given) and mark it running on ``host``. With ``queue_in``
+        (a launcher that queues runs itself, e.g. ``ray``) the run is taken but stays queued,
+        held by a placeholder ``launcher_ref`` until ``mark_submitted`` records its job. A
+        run with a ``launcher_ref`` (held, or waiting in a cluster's queue) is not claimable."""
         where, params = "", []
         if requested_devices is not None:
             if not requested_devices:
@@ -316,14 +325,17 @@ class RunStore:
             # after waiting for its lock (PostgreSQL's READ COMMITTED).
             rows = conn.execute(
                 "UPDATE runs SET status = ?, host = ?, started = ?, heartbeat = ?, finished = NULL, pid = NULL, "
-                "device = NULL, launcher = NULL, launcher_ref = NULL, error = '', message = 'starting' "
-                f"WHERE id = (SELECT id FROM runs WHERE status = ?{where} ORDER BY created, id LIMIT 1) "
-                "AND status = ? RETURNING *",
+                "device = NULL, launcher = ?, launcher_ref = ?, error = '', message = ? "
+                "WHERE id = (SELECT id FROM runs WHERE status = ? AND launcher_ref IS NULL"
+                f"{where} ORDER BY created, id LIMIT 1) AND status = ? AND launcher_ref IS NULL RETURNING *",
                 [
-                    RunStatus.RUNNING.value,
+                    RunStatus.QUEUED.value if queue_in else RunStatus.RUNNING.value,
                     host,
+                    None if queue_in else now,
                     now,
-                    now,
+                    queue_in,
+                    f"{HOLD_PREFIX}{host}:{os.getpid()}" if queue_in else None,
+                    f"submitting to {queue_in}" if queue_in else "starting",
                     RunStatus.QUEUED.value,
                     *params,
                     RunStatus.QUEUED.value,
@@ -347,10 +359,32 @@ class RunStore:
     def mark_started(
         self, run_id: str, pid: int | None, host: str, device: str, launcher: str, launcher_ref: str
     ) -> None:
+        now = time.time()
         self._conn().execute(
-            "UPDATE runs SET pid = ?, host = ?, device = ?, launcher = ?, launcher_ref = ?, heartbeat = ? WHERE id = ?",
-            (pid, host, device, launcher, launcher_ref, time.time(), run_id),
+            "UPDATE runs SET pid = ?, host = ?, device = ?, launcher = ?, launcher_ref = ?, heartbeat = ?, "
+            "started = COALESCE(started, ?) WHERE id = ?",
+            (pid, host, device, launcher, launcher_ref, now, now, run_id),
         )
+
+    def mark_submitted(self, run_id: str, hold: str, device: str, launcher_ref: str, message: str) -> None:
+        """A held run (``claim_next(queue_in=...)``) whose job was submitted: it waits in the
+        launcher's queue, still ``queued``, until ``mark_running``. A trainer that started
+        first has already recorded the same reference; then nothing changes."""
+        now = time.time()
+        self._conn().execute(
+            "UPDATE runs SET launcher_ref = ?, device = ?, message = ?, heartbeat = ? WHERE id = ? AND launcher_ref = ?",
+            (launcher_ref, device, message, now, run_id, hold),
+        )
+
+    def mark_running(self, run_id: str, launcher_ref: str, message: str = "running") -> bool:
+        """A submitted run whose launcher started it; returns whether the row changed."""
+        now = time.time()
+        rows = self._conn().execute(
+            "UPDATE runs SET status = ?, message = ?, started = COALESCE(started, ?), heartbeat = ? "
+            "WHERE id = ? AND status = ? AND launcher_ref = ? RETURNING id",
+            (RunStatus.RUNNING.value, message, now, now, run_id, RunStatus.QUEUED.value, launcher_ref),
+        )
+        return bool(rows)
 
     def update_progress(self, run_id: str, fraction: float, epoch: int, step: int, message: str = "") -> None:
         """Progress 0..1; also the run's heartbeat."""
@@ -405,7 +439,9 @@ class RunStore:
     def request_cancel(self, run_id: str) -> RunRecord:
         """A queued run is cancelled at once (it never starts); a running one is flagged
         and stops itself (the worker kills it if it does not). Cancelling a cancelled run
-        is a no-op; a done or failed run cannot be cancelled."""
+        is a no-op; a done or failed run cannot be cancelled. A queued run already submitted
+        to a cluster is flagged too: should its job start before the worker stops it, the
+        trainer stops at its first look."""
         conn = self._conn()
         with conn.write():
             rec = self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -413,8 +449,14 @@ class RunStore:
                 raise NotFoundError(self._not_found(run_id))
             if rec.status is RunStatus.QUEUED:
                 conn.execute(
-                    "UPDATE runs SET status = ?, finished = ?, message = ? WHERE id = ?",
-                    (RunStatus.CANCELLED.value, time.time(), "cancelled before it started", run_id),
+                    "UPDATE runs SET status = ?, finished = ?, message = ?, cancel_requested = ? WHERE id = ?",
+                    (
+                        RunStatus.CANCELLED.value,
+                        time.time(),
+                        "cancelled before it started",
+                        int(bool(rec.launcher_ref)),
+                        run_id,
+                    ),
                 )
             elif rec.status is RunStatus.RUNNING:
                 conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
@@ -488,9 +530,9 @@ class RunStore:
         """Metric rows of ``run_ids`` with ``id > after_id`` (ordered by id), and the last id
         read: pass it back as ``after_id`` to fetch only what was written since (live curves).
         """
-        # SQLite serialises writers, so ids become visible in order and ``after_id`` never
-        # skips a row. A server database hands out ids before commit: there, re-read a
-        # short overlap instead.
+        # Metric rows are written in write() transactions, which run one at a time on both
+        # dialects (SQLite's write lock, PostgreSQL's advisory lock), so ids become visible
+        # in order and ``after_id`` never skips a row.
         import pandas as pd
 
         ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)

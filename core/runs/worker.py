@@ -15,7 +15,7 @@ It exits after ``idle_exit_s`` with nothing queued or running.
 
     {"slots": {"cpu": 1, "cuda": 1, "cuda:1": 2},   # runs at once: by device, then kind
      "devices": ["cpu"],                             # fixed device list (no GPU probe)
-     "launcher": "local",
+     "launcher": "local",                            # or "ray" (see core.runs.ray_launcher)
      "local_command": ["{python}", "-m", "core", "train", "--run-id", "{run_id}", ...]}
 """
 
@@ -78,8 +78,16 @@ def load_settings(workspace: str | os.PathLike[str] | None = None) -> dict[str, 
     return settings
 
 
+def launcher_name(settings: Mapping[str, Any]) -> str:
+    """The workspace's choice (``cluster use``), else ``ray`` when ``$CHESTLAB_RAY_ADDRESS``
+    is set, else ``local``."""
+    from core.runs.ray_launcher import ADDRESS_ENV
+
+    return str(settings.get("launcher") or ("ray" if os.environ.get(ADDRESS_ENV, "").strip() else "local"))
+
+
 def make_launcher(settings: Mapping[str, Any], workspace: Path, store_url: str) -> Launcher:
-    name = str(settings.get("launcher", "local"))
+    name = launcher_name(settings)
     try:
         factory = LAUNCHERS.get(name)
     except ValueError as exc:
@@ -95,15 +103,16 @@ def list_devices(workspace: str | os.PathLike[str] | None = None) -> list[Device
 
 
 def slot_counts(
-    settings: Mapping[str, Any], devices: list[DeviceInfo], where: str = SETTINGS_NAME
+    settings: Mapping[str, Any], devices: list[DeviceInfo], where: str = SETTINGS_NAME, default: int = 1
 ) -> dict[str, int]:
-    """Runs allowed at once per device: ``slots[name]``, else ``slots[kind]``, else 1."""
+    """Runs allowed at once per device: ``slots[name]``, else ``slots[kind]``, else
+    ``default`` (1; a launcher that queues runs itself, as Ray does, gives more)."""
     slots = settings.get("slots", {})
     if not isinstance(slots, Mapping):
         raise ConfigError(f'{where}: slots must be an object like {{"cpu": 1, "cuda": 1}}')
     out = {}
     for d in devices:
-        n = slots.get(d.name, slots.get(d.kind, 1))
+        n = slots.get(d.name, slots.get(d.kind, default))
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigError(f"{where}: slots.{d.name} must be a whole number >= 0, got {n!r}")
         out[d.name] = n
@@ -149,18 +158,33 @@ class Worker:
         self.host = socket.gethostname()
         self.children: dict[str, Child] = {}
         self.devices = self.launcher.devices()
-        self.slots = slot_counts(self.settings, self.devices, str(self.workspace / SETTINGS_NAME))
+        self.slots = slot_counts(
+            self.settings,
+            self.devices,
+            str(self.workspace / SETTINGS_NAME),
+            getattr(self.launcher, "default_slots", 1),
+        )
         log.info("devices: %s", ", ".join(f"{d.name} x{self.slots[d.name]}" for d in self.devices))
 
     # -- one tick --------------------------------------------------------------------------
 
     def tick(self) -> bool:
         """One pass; returns whether anything is queued or running."""
-        running = {r.id: r for r in self.store.list_runs([RunStatus.RUNNING])}
+        # Running runs, and queued ones already handed to a launcher that queues them
+        # itself (a Ray job waiting for resources): both have a process to watch.
+        running = {
+            r.id: r
+            for r in self.store.list_runs([RunStatus.RUNNING, RunStatus.QUEUED])
+            if r.status is RunStatus.RUNNING or r.launcher_ref
+        }
         self._watch_children(running)
         self._adopt_or_fail_strays(running)
         queued = self._start_queued()
-        return bool(self.children) or queued or any(r.id not in self.children for r in running.values())
+        return (
+            bool(self.children)
+            or queued
+            or any(r.id not in self.children and r.status is RunStatus.RUNNING for r in running.values())
+        )
 
     def _watch_children(self, running: dict[str, RunRecord]) -> None:
         now = time.monotonic()
@@ -170,9 +194,13 @@ class Worker:
                 self._ended(child, state)
                 continue
             rec = running.get(child.run_id)
+            if rec is not None and rec.status is RunStatus.QUEUED and not state.pending:
+                self.store.mark_running(rec.id, child.ref)
             if child.stopping:
                 continue
-            if rec is None:
+            if rec is None and state.pending:
+                self._stop(child, "was cancelled or deleted before it started")
+            elif rec is None:
                 # Finished (or deleted) but the process has not exited: give it time to
                 # clean up, then free the device.
                 child.ended_seen = child.ended_seen or now
@@ -198,18 +226,19 @@ class Worker:
             rec = self.store.get_run(child.run_id)
         except NotFoundError:
             return
-        if rec.status is not RunStatus.RUNNING:
+        submitted = rec.status is RunStatus.QUEUED and rec.launcher_ref == child.ref
+        if rec.status is not RunStatus.RUNNING and not submitted:
             log.info("run %s: %s (process %s)", rec.id, rec.status.value, state.reason or "ended")
             return
-        if child.cancel_seen is not None or rec.cancel_requested:
-            self.store.finish(rec.id, RunStatus.CANCELLED, only_if=[RunStatus.RUNNING])
+        if child.cancel_seen is not None or rec.cancel_requested or state.cancelled:
+            self.store.finish(rec.id, RunStatus.CANCELLED, only_if=[rec.status])
             log.info("run %s: cancelled (process %s)", rec.id, state.reason)
             return
         if state.exit_code == 0:
             reason = "training process exited without reporting a result (exit status 0)"
         else:
             reason = f"training process {state.reason or 'ended'}"
-        self._fail(rec.id, reason, child.log_path)
+        self._fail(rec.id, reason, child.log_path, status=rec.status)
 
     def _fail(
         self, run_id: str, reason: str, log_path: Path | None, status: RunStatus = RunStatus.RUNNING
@@ -236,10 +265,11 @@ class Worker:
                     path = run_log_path(rec.id, self.workspace)
                     self.children[rec.id] = Child(rec.id, rec.launcher_ref, rec.device or "cpu", path)
                 else:
-                    self._fail(
-                        rec.id, f"training process {state.reason}", run_log_path(rec.id, self.workspace)
-                    )
+                    path = run_log_path(rec.id, self.workspace)
+                    self._fail(rec.id, f"training process {state.reason}", path, status=rec.status)
                 continue
+            if rec.status is not RunStatus.RUNNING:
+                continue  # waiting in another launcher's queue: that launcher's worker watches it
             if rec.host == self.host and rec.pid:
                 # Started otherwise on this machine (a foreground `python -m core train`):
                 # its own business while its process lives, however long between heartbeats.
@@ -289,18 +319,21 @@ class Worker:
         return out
 
     def _start_queued(self) -> bool:
-        queued = self.store.list_runs([RunStatus.QUEUED], oldest_first=True)
+        queued = [
+            r for r in self.store.list_runs([RunStatus.QUEUED], oldest_first=True) if not r.launcher_ref
+        ]
         for rec in queued:
             reason = self.unavailable_reason(rec.requested_device)
             if reason:
                 self._fail(rec.id, reason, None, status=RunStatus.QUEUED)
         while queued:
             places = self.placements()
-            rec = self.store.claim_next(self.host, list(places)) if places else None
+            queue_in = self.launcher.name if getattr(self.launcher, "queues", False) else None
+            rec = self.store.claim_next(self.host, list(places), queue_in) if places else None
             if rec is None:
                 break
             self._launch(rec, places[rec.requested_device])
-        return bool(self.store.list_runs([RunStatus.QUEUED])) if queued else False
+        return any(not r.launcher_ref for r in self.store.list_runs([RunStatus.QUEUED])) if queued else False
 
     def _launch(self, rec: RunRecord, device: str) -> None:
         path = run_log_path(rec.id, self.workspace)
@@ -308,10 +341,14 @@ class Worker:
             ref = self.launcher.start(rec, device, path)
         except Exception as exc:
             log.exception("run %s: could not start", rec.id)
-            self._fail(rec.id, f"could not start the training process: {exc}", path)
+            self._fail(rec.id, f"could not start the training process: {exc}", path, status=rec.status)
             return
         self.children[rec.id] = Child(rec.id, ref, device, path)
-        self.store.mark_started(rec.id, ref_pid(ref), self.host, device, self.launcher.name, ref)
+        if rec.status is RunStatus.QUEUED:  # held: its job waits in the launcher's queue
+            message = f"submitted to {self.launcher.name}: waiting for resources"
+            self.store.mark_submitted(rec.id, rec.launcher_ref or "", device, ref, message)
+        else:
+            self.store.mark_started(rec.id, ref_pid(ref), self.host, device, self.launcher.name, ref)
         log.info("run %s: started on %s (%s %s)", rec.id, device, self.launcher.name, ref)
 
     # -- the loop ------------------------------------------------------------------------------

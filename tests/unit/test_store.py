@@ -1,5 +1,6 @@
 """The run store: schema, run life cycle rules, atomic claims, metric rows from several
-processes at once, incremental reads, the reporter and the CLI over it."""
+processes at once, incremental reads, the reporter and the CLI over it. Every test of the
+``store`` fixture runs on SQLite and on a real PostgreSQL server (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from core.train.reporter import MetricRow
 CONFIG = {"arch": "resnet18", "loss": "weighted_ce", "sampler": "none", "device": "cpu", "epochs": 2}
 
 
-@pytest.fixture
-def store(workspace) -> RunStore:
-    return RunStore(workspace=workspace)
+# The PostgreSQL variants need a server (started once per session) and are slower: `slow`.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def store(request, workspace) -> RunStore:
+    if request.param == "sqlite":
+        return RunStore(workspace=workspace)
+    return RunStore(url=request.getfixturevalue("pg_url"))
 
 
 def test_schema_is_created_once_in_the_workspace(workspace):
@@ -103,6 +107,35 @@ def _in_processes(target, args_list: list[tuple]) -> list:
     return results
 
 
+def test_a_run_for_a_cluster_queue_shows_queued_until_its_job_runs(store):
+    """Ray queues runs itself: taken by a worker, the run stays queued (and nobody else's)
+    until its job runs."""
+    rec = store.create_run(CONFIG)
+    held = store.claim_next("w1", ["cpu"], queue_in="ray")
+    assert held.id == rec.id and held.status is RunStatus.QUEUED and held.launcher == "ray"
+    assert held.launcher_ref.startswith("submitting:w1:") and held.started is None
+    assert store.claim_next("w2") is None  # held: not claimable
+    store.mark_submitted(rec.id, held.launcher_ref, "cpu", "job-1", "waiting for resources")
+    got = store.get_run(rec.id)
+    assert got.status is RunStatus.QUEUED and got.launcher_ref == "job-1" and got.device == "cpu"
+    assert store.claim_next("w2") is None  # waiting in Ray's queue: not claimable either
+    assert not store.mark_running(rec.id, "another-job")
+    assert store.mark_running(rec.id, "job-1")
+    got = store.get_run(rec.id)
+    assert got.status is RunStatus.RUNNING and got.started is not None
+    store.finish(rec.id, "failed", error="x")
+    store.requeue_for_resume(rec.id)
+    assert store.claim_next("w2").id == rec.id  # resumed: a new job, claimable again
+
+
+def test_cancelling_a_run_waiting_in_a_cluster_queue_flags_its_job(store):
+    rec = store.create_run(CONFIG)
+    held = store.claim_next("w1", queue_in="ray")
+    store.mark_submitted(rec.id, held.launcher_ref, "cpu", "job-1", "waiting")
+    got = store.request_cancel(rec.id)
+    assert got.status is RunStatus.CANCELLED and got.cancel_requested  # a trainer starting anyway stops
+
+
 def test_claim_run_starts_one_queued_run(store):
     rec = store.create_run(CONFIG)
     got = store.claim_run(rec.id, "here")
@@ -139,7 +172,8 @@ def test_four_processes_writing_metrics_lose_no_row(store):
     spans = _in_processes(_write_metrics, [(store.url, rid, 5000, 50) for rid in runs])
     seconds = max(e for _, e in spans) - min(s for s, _ in spans)
     print(
-        f"\nmetric rows: 4 writers x 5000 rows in batches of 50: {20000 / seconds:,.0f} rows/s ({seconds:.2f} s)"
+        f"\nmetric rows ({store.url.split(':')[0]}): 4 writers x 5000 rows in batches of 50: "
+        f"{20000 / seconds:,.0f} rows/s ({seconds:.2f} s)"
     )
     df, last = store.metrics(runs)
     assert len(df) == 20_000 and last == df["id"].max()
@@ -240,15 +274,15 @@ def test_reporter_throttles_progress_but_writes_the_last_one(store):
     assert store.get_run(rid).info == {"device": "cpu", "class_weights": [1.0, 2.5], "n_train": 10}
 
 
-def test_cli_runs_cancel_resume(workspace, capsys, monkeypatch):
+def test_cli_runs_cancel_resume(workspace, store, capsys, monkeypatch):
     import core.runs.worker
     from core.cli import main
 
     started = []
     monkeypatch.setattr(core.runs.worker, "ensure_worker", lambda ws=None: started.append(ws) or True)
+    monkeypatch.setenv("CHESTLAB_STORE_URL", store.url)  # the CLI finds the store by URL
 
-    st = RunStore(workspace=workspace)
-    rec = st.create_run({**CONFIG, "name": "cli run"})
+    rec = store.create_run({**CONFIG, "name": "cli run"})
     assert main(["runs", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows == [
@@ -272,3 +306,36 @@ def test_cli_runs_cancel_resume(workspace, capsys, monkeypatch):
     assert main(["resume", rec.id, "--json"]) == 0  # a cancelled run resumes (queued again)
     assert json.loads(capsys.readouterr().out) == {"run_id": rec.id, "status": "queued"}
     assert len(started) == 1  # and a worker is there to start it
+
+
+def _read_live(url: str, run_ids: list[str], expected: int, barrier, out) -> None:
+    """What a live page does: read only the rows written since the last read."""
+    st = RunStore(url=url)
+    barrier.wait()
+    seen, last, deadline = [], 0, time.monotonic() + 120
+    while len(seen) < expected and time.monotonic() < deadline:
+        df, last = st.metrics(run_ids, after_id=last)
+        seen += df["id"].tolist()
+        time.sleep(0.002)
+    out.put(seen)
+
+
+def _read_live_or_write(role: str, url: str, arg, barrier, out) -> None:
+    if role == "read":
+        _read_live(url, arg[0], arg[1], barrier, out)
+    else:
+        _write_metrics(url, arg, 1500, 20, barrier, out)
+
+
+def test_incremental_reads_never_skip_a_row_while_processes_write(store):
+    """Ids handed out before commit must not become visible out of order, or a live reader
+    that asks for ``id > last`` loses rows for good."""
+    runs = [store.create_run(CONFIG).id for _ in range(3)]
+    results = _in_processes(
+        _read_live_or_write,
+        [("read", store.url, (runs, 4500))] + [("write", store.url, rid) for rid in runs],
+    )
+    seen = next(r for r in results if isinstance(r, list))
+    df, _ = store.metrics(runs)
+    assert len(df) == 4500
+    assert sorted(seen) == sorted(df["id"]) and len(set(seen)) == len(seen)  # all of them, each once
