@@ -87,7 +87,7 @@ def curves_figure(
     x: str = "epoch",
     smoothing: float = 0.0,
     log_y: bool = False,
-    height: int = 340,
+    height: int = 400,
 ) -> go.Figure:
     """``metric`` of every run in ``runs`` over ``x`` ("epoch", "step" or "time", minutes
     since the run started). ``metrics`` holds the runs' metric rows (the store's columns,
@@ -96,7 +96,9 @@ def curves_figure(
     if x not in X_AXES:
         raise ValueError(f"x axis {x!r} unknown; valid: {', '.join(X_AXES)}")
     # One filter and one grouping for all runs: filtering per run costs ~10 ms each.
-    rows = metrics[(metrics["name"] == metric) & metrics["split"].isin(list(splits)) & metrics["value"].notna()]
+    rows = metrics[
+        (metrics["name"] == metric) & metrics["split"].isin(list(splits)) & metrics["value"].notna()
+    ]
     groups = rows.groupby(["run_id", "split"], sort=False).indices if not rows.empty else {}
     cols = {c: rows[c].to_numpy() for c in ("epoch", "step", "value", "time")}
     order = sorted(splits, key=lambda s: (s != "val", s))
@@ -118,20 +120,23 @@ def curves_figure(
                     marked = True
     if not traces:
         return empty_figure(f"No {metric} values yet for these runs", height=height)
-    styles = " · ".join(f"{s} {'dotted' if s == 'train' else 'markers' if s == 'test' else 'solid'}"
-                        for s in order)  # fmt: skip
+    styles = " · ".join(
+        f"{s} {'dotted' if s == 'train' else 'markers' if s == 'test' else 'solid'}" for s in order
+    )
     xaxis = dict(gridcolor=GRID)
     if x == "epoch":  # whole epochs only; about ten ticks
-        xaxis.update(tick0=0, dtick=max(1, math.ceil(float(cols["epoch"].max()) / 10)), rangemode="tozero")
-    return figure(
+        xaxis.update(tick0=0, dtick=max(1, math.ceil(float(cols["epoch"].max()) / 10)))
+    # The legend goes under the plot: with several runs it wraps, and on top it would cover the title.
+    legend = dict(groupclick="togglegroup", orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0)
+    return _figure(
         traces,
+        legend=legend,
         title=f"{metric} <span style='font-size:12px;color:#666'>({styles}; ★ best epoch)</span>",
         height=height,
         x_title=X_AXES[x],
         xaxis=xaxis,
         yaxis=dict(type="log" if log_y else "linear", title=dict(text=metric), gridcolor=GRID),
         hovermode="closest",
-        legend=dict(groupclick="togglegroup"),
     )
 
 
@@ -144,24 +149,61 @@ def _x_values(series: Mapping[str, np.ndarray], x: str, start: float | None) -> 
 
 
 def _split_traces(
-    run: CurveRun, split: str, metric: str, xs: np.ndarray, ys: np.ndarray, smoothing: float, x: str, legend: bool
+    run: CurveRun,
+    split: str,
+    metric: str,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    smoothing: float,
+    x: str,
+    legend: bool,
 ) -> list[dict]:
     # numpy arrays, not lists: plotly checks a list element by element.
     hover = f"{run.label} · {split}<br>{x} %{{x:.4g}}<br>{metric} %{{y:.4g}}<extra></extra>"
     common = dict(type="scatter", legendgroup=run.id, name=run.label, x=xs)
     if split == "test":
-        return [dict(common, y=ys, mode="markers", showlegend=legend, hovertemplate=hover,
-                     marker=dict(color=run.color, symbol="x", size=9))]  # fmt: skip
+        return [
+            dict(
+                common,
+                y=ys,
+                mode="markers",
+                showlegend=legend,
+                hovertemplate=hover,
+                marker=dict(color=run.color, symbol="x", size=9),
+            )
+        ]
     line = dict(color=run.color, dash=DASH.get(split, "dash"), width=2)
     if smoothing <= 0:
         # Markers while a curve is short: a run's first epoch is a single point, invisible as a line.
         mode = "lines+markers" if len(xs) <= FEW_POINTS else "lines"
-        return [dict(common, y=ys, mode=mode, line=line, marker=dict(size=5, color=run.color), showlegend=legend,
-                     hovertemplate=hover)]  # fmt: skip
-    raw = dict(common, y=ys, mode="lines", line=dict(line, width=1), opacity=SMOOTHED_RAW_OPACITY,
-               showlegend=False, hoverinfo="skip")  # fmt: skip
-    smooth = dict(common, y=ema(ys, smoothing), mode="lines", line=line, showlegend=legend,
-                  hovertemplate=hover.replace("<extra>", " (smoothed)<extra>"))  # fmt: skip
+        return [
+            dict(
+                common,
+                y=ys,
+                mode=mode,
+                line=line,
+                marker=dict(size=5, color=run.color),
+                showlegend=legend,
+                hovertemplate=hover,
+            )
+        ]
+    raw = dict(
+        common,
+        y=ys,
+        mode="lines",
+        line=dict(line, width=1),
+        opacity=SMOOTHED_RAW_OPACITY,
+        showlegend=False,
+        hoverinfo="skip",
+    )
+    smooth = dict(
+        common,
+        y=ema(ys, smoothing),
+        mode="lines",
+        line=line,
+        showlegend=legend,
+        hovertemplate=hover.replace("<extra>", " (smoothed)<extra>"),
+    )
     return [raw, smooth]
 
 
@@ -172,10 +214,15 @@ def _best_marker(run: CurveRun, series: Mapping[str, np.ndarray], xs: np.ndarray
     i = int(at[-1])  # a resumed run may repeat an epoch: its last value is the one kept
     value = float(series["value"][i])
     return dict(
-        type="scatter", mode="markers", x=[float(xs[i])], y=[value], legendgroup=run.id, showlegend=False,
+        type="scatter",
+        mode="markers",
+        x=[float(xs[i])],
+        y=[value],
+        legendgroup=run.id,
+        showlegend=False,
         marker=dict(symbol="star", size=14, color=run.color, line=dict(color="white", width=1)),
         hovertemplate=f"{run.label}<br>best epoch {run.best_epoch}<br>{metric} {value:.4g}<extra></extra>",
-    )  # fmt: skip
+    )
 
 
 # -- predictions: confusion matrix, ROC, PR -------------------------------------------------------------
@@ -193,8 +240,9 @@ def confusion_counts(pred: pd.DataFrame, n_classes: int) -> np.ndarray:
     return cm
 
 
-def confusion_figure(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str], title: str = "",
-                     height: int = 320) -> go.Figure:  # fmt: skip
+def confusion_figure(
+    cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str], title: str = "", height: int = 320
+) -> go.Figure:
     """Counts and row shares (the share of each true class predicted as each class: the
     diagonal is each class's sensitivity); colour by row share."""
     cm = np.asarray(cm, dtype=np.int64)
@@ -202,16 +250,32 @@ def confusion_figure(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence
         return empty_figure("No predictions", height=height)
     totals = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, totals, out=np.zeros(cm.shape, dtype=float), where=totals > 0)
-    text = [[f"{cm[i, j]:,}<br>{100 * share[i, j]:.0f}%" for j in range(len(classes))] for i in range(len(classes))]
+    text = [
+        [f"{cm[i, j]:,}<br>{100 * share[i, j]:.0f}%" for j in range(len(classes))]
+        for i in range(len(classes))
+    ]
     trace = dict(
-        type="heatmap", z=share.tolist(), x=list(classes), y=list(classes), text=text, texttemplate="%{text}",
-        colorscale="Blues", zmin=0, zmax=1, showscale=False,
+        type="heatmap",
+        z=share.tolist(),
+        x=list(classes),
+        y=list(classes),
+        text=text,
+        texttemplate="%{text}",
+        colorscale="Blues",
+        zmin=0,
+        zmax=1,
+        showscale=False,
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text}<extra></extra>",
-    )  # fmt: skip
+    )
     return figure(
-        [trace], title=title or None, height=height, x_title="predicted", y_title="true",
-        yaxis=dict(autorange="reversed", gridcolor=GRID), xaxis=dict(side="bottom", gridcolor=GRID, tickangle=0),
-    )  # fmt: skip
+        [trace],
+        title=title or None,
+        height=height,
+        x_title="predicted",
+        y_title="true",
+        yaxis=dict(autorange="reversed", gridcolor=GRID),
+        xaxis=dict(side="bottom", gridcolor=GRID, tickangle=0),
+    )
 
 
 def _binary(pred: pd.DataFrame, class_name: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -247,29 +311,61 @@ def pr_points(pred: pd.DataFrame, class_name: str) -> tuple[np.ndarray, np.ndarr
     return recall, precision, float(average_precision_score(*yp)), float(yp[0].mean())
 
 
-def roc_figure(preds: Sequence[tuple[CurveRun, pd.DataFrame]], class_name: str, height: int = 360) -> go.Figure:
+def roc_figure(
+    preds: Sequence[tuple[CurveRun, pd.DataFrame]], class_name: str, height: int = 360
+) -> go.Figure:
     """ROC curves of several runs for ``class_name`` (one-vs-rest), AUC in the legend."""
-    traces: list[dict] = [dict(type="scatter", x=[0, 1], y=[0, 1], mode="lines", showlegend=False,
-                               line=dict(color="#999999", dash="dash", width=1), hoverinfo="skip")]  # fmt: skip
+    traces: list[dict] = [
+        dict(
+            type="scatter",
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            showlegend=False,
+            line=dict(color="#999999", dash="dash", width=1),
+            hoverinfo="skip",
+        )
+    ]
     for run, pred in preds:
         pts = roc_points(pred, class_name)
         if pts is None:
             continue
         fpr, tpr, auc = pts
-        traces.append(dict(
-            type="scatter", x=fpr.tolist(), y=tpr.tolist(), mode="lines", name=f"{run.label} (AUC {auc:.3f})",
-            line=dict(color=run.color, width=2),
-            hovertemplate=f"{run.label}<br>1 - specificity %{{x:.3f}}<br>sensitivity %{{y:.3f}}<extra></extra>",
-        ))  # fmt: skip
+        traces.append(
+            dict(
+                type="scatter",
+                x=fpr.tolist(),
+                y=tpr.tolist(),
+                mode="lines",
+                name=f"{run.label} (AUC {auc:.3f})",
+                line=dict(color=run.color, width=2),
+                hovertemplate=f"{run.label}<br>1 - specificity %{{x:.3f}}<br>sensitivity %{{y:.3f}}<extra></extra>",
+            )
+        )
     if len(traces) == 1:
         return empty_figure(f"No run has both {class_name} and other images in this split", height=height)
-    return _figure(traces, title=f"ROC: {class_name} vs rest", height=height, x_title="false positive rate",
-                  y_title="true positive rate (sensitivity)", xaxis=dict(range=[0, 1], gridcolor=GRID),
-                  yaxis=dict(range=[0, 1.02], gridcolor=GRID), legend=dict(orientation="v", y=0.02, yanchor="bottom",
-                  x=0.98, xanchor="right", bgcolor="rgba(255,255,255,0.8)"))  # fmt: skip
+    return _figure(
+        traces,
+        title=f"ROC: {class_name} vs rest",
+        height=height,
+        x_title="false positive rate",
+        y_title="true positive rate (sensitivity)",
+        xaxis=dict(range=[0, 1], gridcolor=GRID),
+        yaxis=dict(range=[0, 1.02], gridcolor=GRID),
+        legend=dict(
+            orientation="v",
+            y=0.02,
+            yanchor="bottom",
+            x=0.98,
+            xanchor="right",
+            bgcolor="rgba(255,255,255,0.8)",
+        ),
+    )
 
 
-def pr_figure(preds: Sequence[tuple[CurveRun, pd.DataFrame]], class_name: str, height: int = 360) -> go.Figure:
+def pr_figure(
+    preds: Sequence[tuple[CurveRun, pd.DataFrame]], class_name: str, height: int = 360
+) -> go.Figure:
     """Precision-recall curves of several runs for ``class_name`` (one-vs-rest), average
     precision in the legend, the prevalence (a random classifier's precision) dashed."""
     traces: list[dict] = []
@@ -279,16 +375,40 @@ def pr_figure(preds: Sequence[tuple[CurveRun, pd.DataFrame]], class_name: str, h
         if pts is None:
             continue
         recall, precision, ap, prevalence = pts
-        traces.append(dict(
-            type="scatter", x=recall.tolist(), y=precision.tolist(), mode="lines", name=f"{run.label} (AP {ap:.3f})",
-            line=dict(color=run.color, width=2, shape="hv"),
-            hovertemplate=f"{run.label}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>",
-        ))  # fmt: skip
+        traces.append(
+            dict(
+                type="scatter",
+                x=recall.tolist(),
+                y=precision.tolist(),
+                mode="lines",
+                name=f"{run.label} (AP {ap:.3f})",
+                line=dict(color=run.color, width=2, shape="hv"),
+                hovertemplate=f"{run.label}<br>recall %{{x:.3f}}<br>precision %{{y:.3f}}<extra></extra>",
+            )
+        )
     if not traces:
         return empty_figure(f"No run has both {class_name} and other images in this split", height=height)
-    traces.insert(0, dict(type="scatter", x=[0, 1], y=[prevalence, prevalence], mode="lines", showlegend=False,
-                          line=dict(color="#999999", dash="dash", width=1), hoverinfo="skip"))  # fmt: skip
-    return _figure(traces, title=f"Precision-recall: {class_name} vs rest", height=height, x_title="recall (sensitivity)",
-                  y_title="precision", xaxis=dict(range=[0, 1], gridcolor=GRID), yaxis=dict(range=[0, 1.02], gridcolor=GRID),
-                  legend=dict(orientation="v", y=0.02, yanchor="bottom", x=0.02, xanchor="left",
-                              bgcolor="rgba(255,255,255,0.8)"))  # fmt: skip
+    traces.insert(
+        0,
+        dict(
+            type="scatter",
+            x=[0, 1],
+            y=[prevalence, prevalence],
+            mode="lines",
+            showlegend=False,
+            line=dict(color="#999999", dash="dash", width=1),
+            hoverinfo="skip",
+        ),
+    )
+    return _figure(
+        traces,
+        title=f"Precision-recall: {class_name} vs rest",
+        height=height,
+        x_title="recall (sensitivity)",
+        y_title="precision",
+        xaxis=dict(range=[0, 1], gridcolor=GRID),
+        yaxis=dict(range=[0, 1.02], gridcolor=GRID),
+        legend=dict(
+            orientation="v", y=0.02, yanchor="bottom", x=0.02, xanchor="left", bgcolor="rgba(255,255,255,0.8)"
+        ),
+    )
