@@ -115,8 +115,34 @@ def _render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _leakage_gate(config: Any) -> Any:
+    """Refuse a task whose splits share patients or images unless --allow-leakage."""
+    from core.evaluate.leakage import check_leakage
+    from core.progress import tqdm_progress
+
+    with tqdm_progress("leakage audit", unit="img") as progress:
+        report = check_leakage(config, progress=progress)
+    if report.leaks and not config.allow_leakage:
+        raise ConfigError(f"{report.summary}; fix the task's splits or pass --allow-leakage to train anyway")
+    if report.leaks:
+        print(f"warning: training although {report.summary} (--allow-leakage)", file=sys.stderr)
+    return report
+
+
+def _launches_here() -> bool:
+    from core.runs.worker import launcher_name, load_settings
+
+    return launcher_name(load_settings()) == "local"
+
+
 @command("train", "train one run (foreground with a progress bar, or --background to queue it)", arguments, _render)
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.run_id:
+        from core.runs.execute import check_workspace
+
+        # On a cluster node: before torch loads, the store opens or a run folder is made there.
+        check_workspace()
+    from core.evaluate.leakage import record_leakage
     from core.runs.execute import execute_run
     from core.runs.store import RunStore
     from core.runs.submit import submit_run
@@ -128,12 +154,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record = store.get_run(args.run_id)
         return execute_run(store, record, device=args.device)
     config = build_config(args)
-    # A device this machine cannot use is one clear error now, not a failed run later.
-    resolve_device(config.device)
+    # A device this machine cannot use is one clear error now, not a failed run later (a
+    # cluster's devices are for its worker to check: this machine may have no GPU).
+    if not args.background or _launches_here():
+        resolve_device(config.device)
+    leakage = _leakage_gate(config)
     if args.background:
         rec = submit_run(config, store=store)
+        record_leakage(rec.id, leakage, store=store)
         return {"run_id": rec.id, "status": rec.status.value}
     rec = store.create_run(config.to_dict(), name=config.display_name, tags=config.tags)
+    record_leakage(rec.id, leakage, store=store)
     record = store.claim_run(rec.id, socket.gethostname())
     with TqdmReporter(config.epochs, monitor=config.monitor, enabled=sys.stderr.isatty()) as bar:
         return execute_run(store, record, extra_reporters=(bar,), log_file=True)
