@@ -31,11 +31,28 @@ TABS = {
     "gallery": ":material/photo_library: Gallery",
     "boxes": ":material/crop_free: Boxes",
     "intensity": ":material/contrast: Intensity",
+    "probe": ":material/troubleshoot: Shortcut probe",
 }
 PER_PAGE = 24
 GRID_COLUMNS = 4
 PAIRS_PER_PAGE = 20
 MANY_CLASSES = 6
+PROBE_RESULTS_KEPT = 16
+# How a flagged file property reads in a sentence ("The file format alone predicts the label").
+FEATURE_WORDS = {
+    "file_format": "file format",
+    "file_mode": "colour mode",
+    "file_bit_depth": "bit depth",
+    "file_width": "image width",
+    "file_height": "image height",
+    "file_bytes": "file size",
+    "PhotometricInterpretation": "photometric interpretation",
+    "BitsStored": "bit depth",
+    "BitsAllocated": "bit depth",
+    "Rows": "image height",
+    "Columns": "image width",
+    "TransferSyntax": "DICOM transfer syntax",
+}
 
 
 # ---------------------------------------------------------------- data (cached)
@@ -206,7 +223,8 @@ def _add_dataset_form() -> None:
             bar.empty()
             ref = catalog.register_dataset(path.strip(), fmt, options, name.strip() or None)
             st.session_state["explore_dataset"] = ref.name
-            st.toast(f"Added {ref.name}: {len(report.index):,} images", icon=":material/check_circle:")
+            # A toast sent right before a rerun is lost: shown by main() on the next run.
+            st.session_state["explore_added"] = f"Added {ref.name}: {len(report.index):,} images"
             st.rerun()
 
 
@@ -404,6 +422,8 @@ def _task_section(ds: str, ref: catalog.DatasetRef) -> None:
         task = Task(label_column=label_column, merge=state["tb_merges"], drop_values=tuple(drop), filters=filters,
                     split=split)  # fmt: skip
         preview = _task_preview(ds, json.dumps(task.to_dict(), sort_keys=True))
+        # The shortcut probe tab can probe this task (widget state goes when its tab is closed).
+        state["tb_current"] = None if preview.error else {"ds": ds, "task": task.to_dict()}
         if preview.error:
             st.error(preview.error, icon=":material/error:")
         else:
@@ -721,11 +741,152 @@ def _intensity_section(ds: str) -> None:
     )
 
 
+# ---------------------------------------------------------------- shortcut probe
+
+
+@st.cache_resource(show_spinner=False)
+def _probe_results() -> dict[tuple[str, str], Any]:
+    """Probe results by (dataset key, task JSON), shared by the sessions; the dataset key
+    changes with a rescan, so a stale result is never shown."""
+    return {}
+
+
+def _probe_labels(ds: str, ref: catalog.DatasetRef) -> dict[str, dict[str, Any] | None]:
+    """What the label is: the dataset's own, the task being built, or a saved task of it."""
+    from core.data.tasks import list_tasks, load_task
+    from core.errors import ChestLabError
+
+    out: dict[str, dict[str, Any] | None] = {"The dataset's labels": None}
+    current = st.session_state.get("tb_current")
+    if current and current["ds"] == ds:
+        out["The task in the task builder (unsaved)"] = current["task"]
+    for name in list_tasks():
+        try:
+            task, dataset = load_task(name)
+        except ChestLabError:
+            continue
+        if os.path.abspath(str(dataset.get("path", ""))) == os.path.abspath(ref.path):
+            out[f"Saved task: {name}"] = task.to_dict()
+    return out
+
+
+def _probe_section(ds: str, ref: catalog.DatasetRef) -> None:
+    from core.evaluate.probe import FLAG_AUC, probe_dataset
+
+    st.caption(
+        "Can the label be predicted **without looking at the lung**? Two cross-validated models try, one from "
+        "the metadata columns alone (age, sex, view, hospital...), one from the file properties alone (format, "
+        "colour mode, bit depth, width, height, file size). Folds keep each patient's images together. An AUC "
+        f"above {FLAG_AUC} means a classifier trained on the pixels can learn the same shortcut, and its test "
+        "score will not hold on data from elsewhere."
+    )
+    labels = _probe_labels(ds, ref)
+    c = st.columns([4, 1], vertical_alignment="bottom")
+    choice = c[0].selectbox("Label to predict", list(labels), key="probe_label")
+    task = labels.get(choice)
+    key = (ds, json.dumps(task, sort_keys=True) if task else "")
+    results = _probe_results()
+    if c[1].button("Run the probe", key="probe_run", icon=":material/troubleshoot:", type="primary",
+                   width="stretch"):  # fmt: skip
+        bar, progress = progress_bar("Shortcut probe")
+        result = probe_dataset(ref.path, ref.format, options=dict(ref.options), task=task, progress=progress)
+        bar.empty()
+        results[key] = result
+        while len(results) > PROBE_RESULTS_KEPT:
+            results.pop(next(iter(results)))
+    result = results.get(key)
+    if result is None:
+        st.caption("Press **Run the probe**: a few seconds; the result is kept for this dataset and label.")
+        return
+    _probe_result(result)
+
+
+def _probe_result(result: Any) -> None:
+    m = st.columns(3)
+    for col, side, name, what in (
+        (m[0], result.metadata, "Metadata alone", "the metadata columns"),
+        (m[1], result.file_properties, "File properties alone", "the file properties"),
+    ):
+        col.metric(f"{name}: AUC", f"{side.auc:.2f}" if side.auc is not None else "n/a",
+                   help=f"Cross-validated ROC-AUC of a model that sees only {what} ({len(side.features)} "
+                   f"columns: {', '.join(side.features) or 'none'}). 0.5 = no better than chance.")  # fmt: skip
+    unit = f"{result.n_groups:,} patients" if result.grouped_by_patient else "images"
+    m[2].metric(
+        "Images probed", f"{result.n_images:,}", help=f"{result.n_folds}-fold cross-validation by {unit}."
+    )
+    if result.flagged:
+        st.warning(_probe_headline(result), icon=":material/warning:")
+    else:
+        st.success(
+            f"No shortcut found: the label cannot be predicted from the metadata ({_side_text(result.metadata)}) "
+            f"nor from the file properties ({_side_text(result.file_properties)}). The pixels are what a model "
+            "can learn from here.",
+            icon=":material/verified:",
+        )
+    top = result.top_features
+    if top:
+        st.markdown("**The columns that carry the label**")
+        st.dataframe(pd.DataFrame([{
+            "column": s.feature, "kind": s.probe.replace("_", " "), "AUC alone": s.auc_alone,
+            "AUC drop when shuffled": s.importance} for s in top]), hide_index=True,
+            column_config={k: st.column_config.NumberColumn(k, format="%.3f")
+                           for k in ("AUC alone", "AUC drop when shuffled")})  # fmt: skip
+        st.caption(
+            "AUC alone: the column by itself, cross-validated. AUC drop: how much the model loses when the "
+            "column is shuffled (small for a column another one duplicates, such as file size and format)."
+        )
+    for note in (result.metadata.note, result.file_properties.note):
+        if note:
+            st.caption(note)
+    if result.excluded:
+        with st.expander(f"Columns left out ({len(result.excluded)})", icon=":material/block:"):
+            st.dataframe(
+                pd.DataFrame(list(result.excluded.items()), columns=["column", "why"]), hide_index=True
+            )
+    st.caption(result.summary)
+
+
+def _auc(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _side_text(side: Any) -> str:
+    if side.auc is not None:
+        return f"AUC {side.auc:.2f}"
+    return "no column varies" if not side.features else "too few images to tell"
+
+
+def _probe_headline(result: Any) -> str:
+    """The shortcut in one sentence: which column predicts the label, and what a model learns."""
+    flagged = [s for s in (result.file_properties, result.metadata) if s.flagged]
+    side = max(flagged, key=lambda s: s.auc or 0.0)
+    files = side.name == "file_properties"
+    tops = [s for s in result.top_features if s.probe == side.name]
+    if tops and tops[0].auc_alone is not None:
+        top = tops[0]
+        words = FEATURE_WORDS.get(top.feature, top.feature) if files else f"column {top.feature!r}"
+        learns = "the file" if files else f"the {top.feature}"
+        text = (
+            f"The {words} alone predicts the label (AUC {top.auc_alone:.2f}): a model can learn {learns}, "
+            "not the lung."
+        )
+    else:
+        what = "file properties" if files else "metadata"
+        text = f"The {what} predict the label (AUC {_auc(side.auc)}): a model can learn them, not the lung."
+    classes = sorted(set(side.flagged_classes))
+    if classes:
+        text += f" Class {', '.join(classes)} is told apart from the rest by them."
+    return text + " Re-save the images alike, or check on data from elsewhere before trusting a score."
+
+
 # ---------------------------------------------------------------- the page
 
 
 def main() -> None:
     st.title("Explore")
+    added = st.session_state.pop("explore_added", None)
+    if added:
+        st.toast(added, icon=":material/check_circle:")
     ref, ds = None, None
     with guard("choosing the dataset"):
         ref = _pick_dataset()
@@ -743,6 +904,7 @@ def main() -> None:
         "gallery": lambda: _gallery_section(ds),
         "boxes": lambda: _boxes_section(ds),
         "intensity": lambda: _intensity_section(ds),
+        "probe": lambda: _probe_section(ds, ref),
     }
     for tab, (name, render) in zip(tabs, sections.items(), strict=True):
         if tab.open:

@@ -5,10 +5,16 @@ Thin: the form is built from the registries and turns into ``RunConfig``s that
 table reads the store. Live parts are fragments that refresh every 2 s only while a run is
 queued or running; the choices the class-weight preview depends on sit outside the form so
 the preview follows them, everything else is batched in an ``st.form``.
+
+Two gates sit before Launch: the leakage check (``core.evaluate.leakage``: a task whose
+splits share patients or identical images shows what leaks and needs an explicit "train
+anyway"; the run then records what leaked), and the launcher's reach (a Ray head that does
+not answer is a warning with its reason, never an exception).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -21,13 +27,15 @@ from core.errors import ChestLabError, ConfigError
 from core.runs import views
 from core.runs.store import RunRecord, RunStatus
 from pages import run_widgets as rw
-from pages.common import guard
+from pages.common import guard, progress_bar
 
 RUNS_KEY = "train_runs"
 SOURCE_HELP = {
     "task": "a saved task (Explore > Task builder: merged classes, filters, splits by patient)",
     "dataset": "a registered dataset, its labels and splits as they are",
 }
+AUTO_HASH_IMAGES = 500  # tasks this small have their pictures compared at once (a second or two)
+CONFIRM_LEAKAGE = "Train anyway: I understand the metrics will be optimistic"
 PRETRAINED = {
     "imagenet": "ImageNet (torchvision)",
     "none": "None: random init, from scratch",
@@ -41,17 +49,20 @@ PRETRAINED = {
 @st.cache_data(ttl=60, show_spinner=False)
 def _devices(workspace: str) -> list[tuple[str, str, str]]:
     """(name, label, runs at once) of the devices runs can use, as the workspace's launcher
-    sees them (as the worker counts them); probing GPUs takes seconds, hence the cache."""
+    sees them (as the worker counts them: a Ray cluster's CPUs and GPUs); probing GPUs takes
+    seconds, hence the cache. Raises ConfigError when the launcher cannot be asked."""
     from pathlib import Path
 
     from core.runs import worker
-    from core.runs.db import default_url
 
     settings = worker.load_settings(workspace)
-    launcher = worker.make_launcher(settings, Path(workspace), default_url(workspace))
-    devices = launcher.devices()
+    devices = worker.list_devices(workspace)
+    try:
+        default = getattr(worker.LAUNCHERS.get(worker.launcher_name(settings)), "default_slots", 1)
+    except ValueError:
+        default = 1
     where = str(Path(workspace) / worker.SETTINGS_NAME)
-    slots = worker.slot_counts(settings, devices, where, getattr(launcher, "default_slots", 1))
+    slots = worker.slot_counts(settings, devices, where, default)
     out = []
     for d in devices:
         label = d.label
@@ -59,6 +70,33 @@ def _devices(workspace: str) -> list[tuple[str, str, str]]:
             label += f", {d.free_memory / 2**30:.1f} of {d.total_memory / 2**30:.0f} GB free"
         out.append((d.name, label, str(slots[d.name])))
     return out
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _ray_status(workspace: str) -> dict[str, Any]:
+    """The Ray cluster's nodes, CPUs, GPUs and jobs (``cluster_status``: never raises)."""
+    from core.runs import cluster
+
+    return cluster.cluster_status(workspace)
+
+
+def _launcher_kind(workspace: str) -> str:
+    from core.runs import worker
+
+    return worker.launcher_name(worker.load_settings(workspace))
+
+
+def _device_choices(workspace: str) -> tuple[list[tuple[str, str, str]], str]:
+    """The devices to offer and, when the launcher cannot list them (a Ray head that does not
+    answer), why: then only the CPU is offered and queued runs wait for the head."""
+    if _launcher_kind(workspace) == "ray":
+        status = _ray_status(workspace)
+        if not status["reachable"]:
+            return [("cpu", "CPU on the Ray cluster (unreachable now)", "?")], status["error"]
+    try:
+        return _devices(workspace), ""
+    except ConfigError as exc:
+        return [("cpu", "CPU", "?")], str(exc)
 
 
 @st.cache_data(ttl=300, max_entries=16, show_spinner="Reading the dataset index and applying the task...")
@@ -120,6 +158,94 @@ def _show_counts(classes: list[str], sizes: dict[str, int]) -> None:
             "Use a split by patient in the task builder.",
             icon=":material/warning:",
         )
+
+
+# ---------------------------------------------------------------- leakage gate
+
+
+@st.cache_data(
+    ttl=300, max_entries=16, show_spinner="Checking the splits for shared patients and pictures..."
+)
+def _leakage(source_json: str, generation: int) -> Any:
+    """The task's leakage report: patient ids always; pictures when their hashes are all
+    cached (Explore's audit, or the button below), or at once for a small task.
+    ``generation`` changes when pictures were just hashed here."""
+    from core.evaluate.leakage import check_leakage
+
+    source = json.loads(source_json)
+    report = check_leakage(source, images="cached")
+    if not report.images_checked and report.n_images <= AUTO_HASH_IMAGES:
+        report = check_leakage(source, images=True)
+    return report
+
+
+def _leakage_gate(source: dict[str, Any]) -> Any:
+    """Show what leaks between the task's splits; returns the report (None: unknown)."""
+    report = _leakage(json.dumps(source, sort_keys=True), st.session_state.get("tr_hash_generation", 0))
+    if report.leaks:
+        st.warning(
+            f"**This task leaks between its splits**: {_what_leaks(report)}. A model scored on patients or "
+            "pictures it trained on looks better than it is.",
+            icon=":material/warning:",
+        )
+        with st.expander("What leaks", icon=":material/policy:"):
+            _leak_details(report, source)
+        st.caption(
+            "Fix it on the Explore page (Leakage audit > Save a patient-level split) and train on that task, "
+            "or confirm next to Launch to train anyway (the run records what leaked)."
+        )
+    elif not report.images_checked:
+        st.caption(
+            f":material/policy: Leakage: no patient is in two splits; the {report.n_images:,} pictures are not "
+            "compared yet (a copy of one image in two splits leaks too)."
+        )
+        if st.button(
+            f"Compare the {report.n_images:,} pictures", key="tr_hash", icon=":material/fingerprint:"
+        ):
+            _hash_pictures(source)
+    else:
+        st.caption(f":material/verified: Leakage: {report.summary}.")
+    return report
+
+
+def _what_leaks(report: Any) -> str:
+    return report.summary.removeprefix("leakage: ")
+
+
+def _leak_details(report: Any, source: dict[str, Any]) -> None:
+    import pandas as pd
+
+    pairs = pd.DataFrame(report.split_pairs)
+    if not pairs.empty:
+        pairs = pairs[(pairs["patients"] > 0) | (pairs["duplicates"] > 0)]
+        st.dataframe(pairs.rename(columns={"split_a": "split", "split_b": "and split",
+                                           "near_duplicates": "near duplicates"}), hide_index=True)  # fmt: skip
+    if report.examples:
+        root = str(source.get("data", ""))
+
+        def short(path: Any) -> str:
+            path = str(path or "")
+            return os.path.relpath(path, root) if root and path.startswith(root) else path
+
+        examples = pd.DataFrame(
+            {
+                "kind": [str(e.get("kind", "")).replace("_", " ") for e in report.examples],
+                "image": [f"{e.get('split_a')}: {short(e.get('path_a'))}" for e in report.examples],
+                "and image": [f"{e.get('split_b')}: {short(e.get('path_b'))}" for e in report.examples],
+            }
+        )
+        st.caption(f"The first {len(examples)} pairs found (paths under {root}):")
+        st.dataframe(examples, hide_index=True)
+
+
+def _hash_pictures(source: dict[str, Any]) -> None:
+    from core.evaluate.leakage import check_leakage
+
+    bar, progress = progress_bar("Comparing the pictures")
+    check_leakage(source, images=True, progress=progress)  # the hashes stay in the workspace cache
+    bar.empty()
+    st.session_state["tr_hash_generation"] = st.session_state.get("tr_hash_generation", 0) + 1
+    st.rerun(scope="fragment")
 
 
 # ---------------------------------------------------------------- model
@@ -276,7 +402,8 @@ HELP = {
     "precision": "auto: bf16 where the hardware has it, else fp32; fp16 on CUDA only.",
     "early_stopping": "Stop after this many epochs without a better val metric; 0 = off.",
     "monitor": "The val metric that picks the best checkpoint.",
-    "allow_leakage": "Train even when patients or images are shared between splits.",
+    "allow_leakage": "The run is marked as allowed to leak and keeps what leaked in its info; its val and "
+    "test metrics are not to be trusted.",
 }
 
 
@@ -377,7 +504,7 @@ def _form_fields(devices: list[tuple[str, str, str]], sweep: bool) -> dict[str, 
     tags = c[1].text_input("Tags", placeholder="comma separated, e.g. baseline, 128px", key="tr_tags")
     f["tags"] = [t.strip() for t in tags.split(",") if t.strip()]
     with st.expander("Advanced"):
-        c = st.columns(4)
+        c = st.columns(3)
         f["momentum"] = _number(
             c[0], "momentum", "Momentum (SGD)", 0.0, 0.999, d.momentum, format="%g", step=0.01
         )
@@ -385,9 +512,6 @@ def _form_fields(devices: list[tuple[str, str, str]], sweep: bool) -> dict[str, 
             c[1], "grad_clip", "Gradient clipping (0 = off)", 0.0, 1e6, d.grad_clip, format="%g"
         )
         f["nesterov"] = c[2].checkbox("Nesterov (SGD)", d.nesterov, key="tr_nesterov")
-        f["allow_leakage"] = c[3].checkbox(
-            "Train despite leakage", d.allow_leakage, key="tr_allow_leakage", help=HELP["allow_leakage"]
-        )
     return f
 
 
@@ -401,7 +525,7 @@ def _launcher() -> None:
 
 
 def _launcher_body() -> None:
-    devices = _devices(str(_workspace()))
+    devices, _ = _device_choices(str(_workspace()))  # a launcher that cannot answer: warned above
     source = _source()
     if source is None:
         return
@@ -420,6 +544,9 @@ def _launcher_body() -> None:
     errors = ["the dataset could not be read (its error is shown above)"]
     with guard("the class weight preview"):
         errors = _preview(source, loss_params, sampler_params)
+    leak = None
+    with guard("the leakage check"):
+        leak = _leakage_gate(source)
     n = len(archs) * len(loss_params) * len(sampler_params) * len(seeds)
     st.markdown("##### Training")
     with st.form("train_form", border=False):
@@ -435,11 +562,21 @@ def _launcher_body() -> None:
         label = f"Launch {n} runs" if n != 1 else "Launch 1 run"
         if sweep:
             st.caption(f"Will queue {n} run(s): {what}.")
+        confirmed = False
+        if leak is not None and leak.leaks:
+            confirmed = st.checkbox(CONFIRM_LEAKAGE, key="tr_allow_leakage", help=HELP["allow_leakage"])
         submitted = st.form_submit_button(
             label, type="primary", icon=":material/rocket_launch:", disabled=n == 0
         )
     if submitted:
-        _submit(source, archs, pretrained, loss_params, sampler_params, fields, seeds, errors)
+        fields["allow_leakage"] = bool(leak is not None and leak.leaks)
+        if fields["allow_leakage"] and not confirmed:
+            st.error(
+                f"Not launched: {_what_leaks(leak)}. Tick **{CONFIRM_LEAKAGE}** to launch, or fix the task's splits.",
+                icon=":material/block:",
+            )
+            return
+        _submit(source, archs, pretrained, loss_params, sampler_params, fields, seeds, errors, leak)
 
 
 def _submit(
@@ -451,7 +588,9 @@ def _submit(
     fields: dict[str, Any],
     seeds: list[int],
     errors: list[str],
+    leak: Any = None,
 ) -> None:
+    from core.evaluate.leakage import record_leakage
     from core.runs import submit
 
     seeds = fields.pop("_seeds", seeds)
@@ -468,6 +607,10 @@ def _submit(
             tag = time.strftime("sweep-%Y%m%d-%H%M%S")
             configs = [c.replace(tags=(*c.tags, tag)) for c in configs]
         records = [submit.submit_run(c) for c in configs]
+        if leak is not None and leak.leaks:
+            allowed = dataclasses.replace(leak, allowed=True)
+            for rec in records:
+                record_leakage(rec.id, allowed, store=rw.run_store())
     except ChestLabError as exc:
         st.error(str(exc), icon=":material/error:")
         return
@@ -495,16 +638,52 @@ def _worker_line(runs: list[RunRecord]) -> None:
     from core.runs import worker
 
     ws = _workspace()
-    settings = worker.load_settings(ws)
     info = worker.worker_info(ws)
     if not info and any(r.status is RunStatus.QUEUED for r in runs):
         worker.ensure_worker(ws)  # a queued run needs a worker (it exits when idle)
         info = worker.worker_info(ws)
-    launcher = worker.launcher_name(settings)
-    launcher_text = {"local": "local processes on this machine", "ray": "Ray jobs"}.get(launcher, launcher)
-    slots = ", ".join(f"{name} ×{n}" for name, _, n in _devices(str(ws)))
     state = f"running (pid {info.get('pid')})" if info else "not running (it starts when a run is queued)"
-    st.caption(f":material/dns: Launcher: {launcher_text} · runs at once: {slots} · worker: {state}")
+    devices, error = _device_choices(str(ws))
+    if _launcher_kind(str(ws)) == "ray":
+        _cluster_line(_ray_status(str(ws)), state)
+        return
+    if error:
+        st.warning(f"The devices could not be listed: {error}", icon=":material/warning:")
+    slots = ", ".join(f"{name} ×{n}" for name, _, n in devices)
+    st.caption(
+        f":material/dns: Launcher: local processes on this machine · runs at once: {slots} · worker: {state}"
+    )
+
+
+def _cluster_line(status: dict[str, Any], state: str) -> None:
+    """The Ray cluster the runs go to: its nodes, free CPUs and GPUs, or why it does not answer."""
+    address = status.get("address") or "(no address)"
+    if not status["reachable"]:
+        st.warning(
+            f"Runs go to the Ray cluster at {address}, which does not answer: {status['error']}. "
+            "Queued runs wait until it does.",
+            icon=":material/cloud_off:",
+        )
+        st.caption(f":material/dns: Launcher: Ray jobs at {address} · worker: {state}")
+        return
+    nodes = [n for n in status["nodes"] if n.get("alive")]
+    cpus, gpus = status["cpus"], status["gpus"]
+
+    def free(res: dict[str, Any]) -> str:
+        if not res["total"]:
+            return "none"
+        total = f"{res['total']:g}"
+        return f"{res['free']:g} of {total} free" if res.get("free") is not None else f"{total} in all"
+
+    st.caption(
+        f":material/hub: Launcher: Ray jobs at {address} · {len(nodes)} node(s) alive · CPUs {free(cpus)} · "
+        f"GPUs {free(gpus)} · {len(status['running'])} run(s) on the cluster · worker: {state}"
+    )
+    with st.expander(f"Cluster nodes ({len(status['nodes'])})", icon=":material/hub:"):
+        import pandas as pd
+
+        table = pd.DataFrame(status["nodes"], columns=["host", "head", "alive", "cpus", "gpus"])
+        st.dataframe(table, hide_index=True)
 
 
 def _runs_panel(live_at_start: bool) -> None:

@@ -7,7 +7,7 @@ the shortcut probe, and CAM scores when ``python -m core cam RUN_ID --split S`` 
 them. plotly.js is inlined once in the page's head and every figure is a div that uses it,
 so the page opens offline and can be mailed as one file (about 5 MB, most of it plotly.js).
 
-The figure builders here are pure functions of the evaluation tables, usable by the pages.
+The figures come from ``core.plots.evaluate`` (the Compare page draws the same ones).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +25,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.plots.evaluate import (
+    confusion_figure,
+    pr_figure,
+    reliability_figure,
+    roc_figure,
+    seed_band_figure,  # noqa: F401  (kept importable from here)
+    training_curves_figure,
+)
 from core.progress import ProgressFn, no_progress
 
 CONFIG_FIELDS = (
@@ -62,265 +69,6 @@ SECTIONS = (
     "probe",
     "cam",
 )
-
-
-# ---------------------------------------------------------------- figures
-
-
-def _figure(traces: list[dict[str, Any]], **layout: Any) -> Any:
-    from core.plots.style import figure
-
-    return figure(traces, **layout)
-
-
-def _colors(names: Sequence[str]) -> dict[str, str]:
-    from core.plots.style import color_map
-
-    return color_map(list(names))
-
-
-def roc_figure(df: pd.DataFrame, classes: Sequence[str], op: dict[str, Any] | None = None) -> Any:
-    """One-vs-rest ROC curve per class (AUC in the legend); the operating point as a marker."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    y = df["target"].to_numpy()
-    colors, traces = _colors(classes), []
-    for c, name in enumerate(classes):
-        pos = y == c
-        if not 0 < pos.sum() < len(y):
-            continue
-        fpr, tpr, _ = roc_curve(pos, df[f"prob/{name}"])
-        auc = roc_auc_score(pos, df[f"prob/{name}"])
-        traces.append(
-            dict(
-                type="scatter",
-                mode="lines",
-                x=fpr.tolist(),
-                y=tpr.tolist(),
-                name=f"{name} (AUC {auc:.3f})",
-                line=dict(color=colors[name], width=2),
-            )
-        )
-    traces.append(
-        dict(
-            type="scatter",
-            mode="lines",
-            x=[0, 1],
-            y=[0, 1],
-            name="chance",
-            showlegend=False,
-            line=dict(color="#BBBBBB", dash="dot"),
-        )
-    )
-    if op and op.get("threshold") is not None and op.get("specificity") is not None:
-        traces.append(
-            dict(
-                type="scatter",
-                mode="markers",
-                x=[1 - op["specificity"]],
-                y=[op["sensitivity"]],
-                name=f"operating point ({op['positive_class']})",
-                marker=dict(size=12, symbol="x", color="#000000"),
-            )
-        )
-    return _figure(
-        traces,
-        x_title="1 - specificity (false positive rate)",
-        y_title="sensitivity",
-        xaxis=dict(range=[0, 1]),
-        yaxis=dict(range=[0, 1.02]),
-        height=380,
-    )
-
-
-def pr_figure(df: pd.DataFrame, classes: Sequence[str]) -> Any:
-    """One-vs-rest precision-recall curve per class (average precision in the legend)."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
-    y = df["target"].to_numpy()
-    colors, traces = _colors(classes), []
-    for c, name in enumerate(classes):
-        pos = y == c
-        if not 0 < pos.sum() < len(y):
-            continue
-        prec, rec, _ = precision_recall_curve(pos, df[f"prob/{name}"])
-        ap = average_precision_score(pos, df[f"prob/{name}"])
-        traces.append(
-            dict(
-                type="scatter",
-                mode="lines",
-                x=rec.tolist(),
-                y=prec.tolist(),
-                name=f"{name} (AP {ap:.3f})",
-                line=dict(color=colors[name], width=2, shape="hv"),
-            )
-        )
-    return _figure(
-        traces,
-        x_title="recall (sensitivity)",
-        y_title="precision (PPV)",
-        xaxis=dict(range=[0, 1]),
-        yaxis=dict(range=[0, 1.02]),
-        height=380,
-    )
-
-
-def confusion_figure(
-    matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str | None = None
-) -> Any:
-    """Counts with each row's share (rows = true class)."""
-    m = np.asarray(matrix, dtype=float)
-    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    text = [
-        [f"{int(v)}<br>{s:.0%}" for v, s in zip(row, srow, strict=True)]
-        for row, srow in zip(m, share, strict=True)
-    ]
-    trace = dict(
-        type="heatmap",
-        z=share.tolist(),
-        x=list(classes),
-        y=list(classes),
-        text=text,
-        texttemplate="%{text}",
-        colorscale="Blues",
-        zmin=0,
-        zmax=1,
-        showscale=False,
-        hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
-    )
-    return _figure(
-        [trace],
-        title=title,
-        x_title="predicted",
-        y_title="true",
-        showlegend=False,
-        yaxis=dict(autorange="reversed"),
-        height=120 + 50 * len(classes),
-    )
-
-
-def reliability_figure(table: pd.DataFrame) -> Any:
-    """Reliability diagram from ``calibration.reliability``: observed share against mean
-    predicted probability per bin (marker size ~ images in the bin)."""
-    curves = list(dict.fromkeys(table["curve"]))
-    colors = _colors([c for c in curves if c != "top label"])
-    traces = [
-        dict(
-            type="scatter",
-            mode="lines",
-            x=[0, 1],
-            y=[0, 1],
-            name="perfect",
-            showlegend=False,
-            line=dict(color="#BBBBBB", dash="dot"),
-        )
-    ]
-    for curve in curves:
-        part = table[(table["curve"] == curve) & (table["count"] > 0)]
-        size = (6 + 14 * np.sqrt(part["count"] / max(part["count"].max(), 1))).tolist()
-        traces.append(
-            dict(
-                type="scatter",
-                mode="lines+markers",
-                name=curve,
-                x=part["confidence"].tolist(),
-                y=part["accuracy"].tolist(),
-                marker=dict(size=size, color=colors.get(curve, "#000000")),
-                line=dict(color=colors.get(curve, "#000000"), width=3 if curve == "top label" else 1.5),
-                customdata=part["count"].tolist(),
-                hovertemplate="%{x:.2f} predicted, %{y:.2f} observed (%{customdata} images)",
-            )
-        )
-    return _figure(
-        traces,
-        x_title="mean predicted probability",
-        y_title="observed share",
-        xaxis=dict(range=[0, 1]),
-        yaxis=dict(range=[0, 1.02]),
-        height=380,
-    )
-
-
-def training_curves_figure(metrics: pd.DataFrame, names: Sequence[str] = ("loss", "auc")) -> Any:
-    """Train and val curves per epoch of one run (``RunStore.metrics`` rows)."""
-    from core.plots.style import SPLIT_COLORS
-
-    traces = []
-    for i, name in enumerate(names):
-        for split in ("train", "val"):
-            part = metrics[(metrics["name"] == name) & (metrics["split"] == split)]
-            part = part.groupby("epoch")["value"].last().reset_index()
-            if part.empty:
-                continue
-            traces.append(
-                dict(
-                    type="scatter",
-                    mode="lines+markers",
-                    x=part["epoch"].tolist(),
-                    y=part["value"].tolist(),
-                    name=f"{split} {name}",
-                    yaxis="y" if i == 0 else "y2",
-                    line=dict(color=SPLIT_COLORS[split], dash="solid" if i == 0 else "dash"),
-                )
-            )
-    right = dict(
-        title=dict(text=names[1] if len(names) > 1 else ""), overlaying="y", side="right", showgrid=False
-    )
-    return _figure(
-        traces,
-        x_title="epoch",
-        y_title=names[0],
-        yaxis2=right,
-        height=340,
-        xaxis=dict(dtick=1) if metrics["epoch"].nunique() <= 12 else None,
-    )
-
-
-def seed_band_figure(curves: pd.DataFrame, metric: str = "auc") -> Any:
-    """Mean curve with its band per seed group (``compare.seed_curves``)."""
-    from core.plots.style import empty_figure
-
-    if curves.empty:
-        return empty_figure(f"no {metric} curves yet")
-    labels = list(dict.fromkeys(curves["label"]))
-    colors, traces = _colors(labels), []
-    for label in labels:
-        part = curves[curves["label"] == label]
-        c = colors[label]
-        x = part["epoch"].tolist()
-        traces.append(
-            dict(
-                type="scatter",
-                mode="lines",
-                x=x + x[::-1],
-                y=part["hi"].tolist() + part["lo"].tolist()[::-1],
-                fill="toself",
-                fillcolor=_rgba(c, 0.18),
-                line=dict(width=0),
-                hoverinfo="skip",
-                showlegend=False,
-                name=label,
-            )
-        )
-        traces.append(
-            dict(
-                type="scatter",
-                mode="lines+markers",
-                x=x,
-                y=part["mean"].tolist(),
-                name=label,
-                line=dict(color=c, width=2),
-                customdata=part["n"].tolist(),
-                hovertemplate="epoch %{x}: %{y:.3f} (mean of %{customdata} runs)<extra></extra>",
-            )
-        )
-    return _figure(traces, x_title="epoch", y_title=metric)
-
-
-def _rgba(hex_color: str, alpha: float) -> str:
-    h = hex_color.lstrip("#")
-    r, g, b = (int(h[i : i + 2], 16) for i in (0, 2, 4))
-    return f"rgba({r},{g},{b},{alpha})"
 
 
 # ---------------------------------------------------------------- gathering

@@ -67,7 +67,9 @@ def base_layout(
     """The shared layout: white background, light grid, small margins, a horizontal legend
     on top; ``xaxis``/``yaxis``/``extra`` add to it. (Set directly rather than through
     ``template="plotly_white"``: copying a template costs about 80 ms per figure.)"""
-    axis = dict(gridcolor=GRID, linecolor=GRID, zerolinecolor=GRID)
+    # automargin: tick labels and axis titles get the room they need (an exported page has no
+    # Streamlit theme to add it).
+    axis = dict(gridcolor=GRID, linecolor=GRID, zerolinecolor=GRID, automargin=True)
     layout: dict[str, Any] = dict(
         paper_bgcolor="white",
         plot_bgcolor="white",

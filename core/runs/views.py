@@ -515,3 +515,137 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or min(seeds) < 0:
         raise ConfigError(f"seeds: give one or more whole numbers >= 0, got {text!r}")
     return sorted(seeds)
+
+
+# -- trustworthy evaluation on the Compare page (issue 10) ---------------------------------------
+
+CI_METRICS = ("auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy")
+METRIC_LABELS = {
+    "auc": "AUC",
+    "pr_auc": "PR-AUC",
+    "sensitivity": "sensitivity",
+    "specificity": "specificity",
+    "balanced_accuracy": "balanced accuracy",
+    "accuracy": "accuracy",
+    "f1": "F1",
+    "precision": "precision",
+}
+SEED_METRICS = ("val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_loss")
+
+
+def metric_label(name: str) -> str:
+    """``auc`` -> ``AUC``, ``sensitivity/covid`` -> ``sensitivity (covid)``."""
+    base, _, cls = name.partition("/")
+    label = METRIC_LABELS.get(base, base.replace("_", " "))
+    return f"{label} ({cls})" if cls else label
+
+
+def resampled_units(result: Any) -> str:
+    """What a bootstrap resampled: ``412 images`` or ``412 images (180 patients)``."""
+    text = f"{result.n_images:,} images"
+    return text + (f" ({result.n_units:,} patients)" if result.unit == "patients" else "")
+
+
+def interval_table(
+    results: Mapping[str, Any], metrics: Sequence[str] = CI_METRICS, digits: int = 2
+) -> pd.DataFrame:
+    """One row per run (index: its label), each metric as ``0.91 [0.87-0.94]``, then what
+    was resampled. ``results``: run label -> ``BootstrapResult``."""
+    rows = []
+    for label, r in results.items():
+        row: dict[str, Any] = {"run": label}
+        row.update({metric_label(m): r.text(m, digits) for m in metrics})
+        row["resampled"] = resampled_units(r)
+        rows.append(row)
+    columns = ["run", *(metric_label(m) for m in metrics), "resampled"]
+    return pd.DataFrame(rows, columns=columns).set_index("run")
+
+
+def with_interval_column(
+    table: pd.DataFrame, records: Sequence[RunRecord], texts: Mapping[str, str], column: str
+) -> pd.DataFrame:
+    """``selected_runs_table`` with ``column`` (text like ``0.91 [0.87-0.94]``, run id ->
+    text) placed after its point value (``val auc``), or after the config fields."""
+    if table.empty or not texts:
+        return table
+    out = table.copy()
+    values = [texts.get(r.id, "") for r in records]  # the table's rows are the records, in order
+    after = column.split(" (")[0]
+    at = list(out.columns).index(after) + 1 if after in out.columns else len(out.columns)
+    out.insert(at, column, values)
+    return out
+
+
+def distinct_seed_groups(groups: Sequence[Any]) -> list[Any]:
+    """Seed groups (``compare.group_by_seed``) whose labels tell them apart: groups that share
+    a name (two experiments both called ``resnet18-weighted_ce``) get the config fields that
+    differ between them, e.g. ``resnet18-weighted_ce · img_size=64``. Figures and tables key
+    their rows by label, so equal labels would merge different experiments."""
+    from dataclasses import replace
+
+    from core.evaluate.compare import SEED_FIELDS
+
+    counts: dict[str, int] = {}
+    for g in groups:
+        counts[g.name] = counts.get(g.name, 0) + 1
+    out = []
+    for g in groups:
+        if counts[g.name] == 1:
+            out.append(g)
+            continue
+        same = [h for h in groups if h.name == g.name]
+        fields = [f for f in differing_fields([h.config for h in same]) if f.split(".")[0] not in SEED_FIELDS]
+        flat = _flat_config(g.config)
+        detail = ", ".join(f"{f}={flat.get(f, '')}" for f in fields[:3]) or g.key
+        out.append(replace(g, name=f"{g.name} · {detail}"))
+    return out
+
+
+def seed_table(records: Sequence[RunRecord], groups: Sequence[Any]) -> pd.DataFrame:
+    """Best val metrics as mean ± sd over each group of runs that differ only by seed:
+    one row per group (index: its label), ``runs`` (how many), then one text column per
+    metric (``0.912 ± 0.013``; a lone run shows its value)."""
+    from core.evaluate.compare import seed_summary
+
+    groups = distinct_seed_groups(groups)
+    present = {k for r in records for k in (r.best or {})}
+    metrics = [m for m in SEED_METRICS if m in present]
+    summary = seed_summary(records, groups, metrics or None)
+    if summary.empty:
+        return pd.DataFrame()
+    table = summary.pivot_table(index="label", columns="metric", values="text", aggfunc="first", sort=False)
+    table = table[[m for m in (metrics or table.columns) if m in table.columns]]
+    table.columns = [c.replace("_", " ", 1) for c in table.columns]
+    runs = summary.groupby("label", sort=False)["n_runs"].max()
+    table.insert(0, "runs", runs.reindex(table.index).astype(int))
+    seeds = {g.label: ", ".join(str(s) for s in sorted(g.seeds)) for g in groups}
+    table.insert(1, "seeds", [seeds.get(i, "") for i in table.index])
+    table.index.name = "experiment"
+    return table
+
+
+def subgroup_table(report: Any, digits: int = 2) -> pd.DataFrame:
+    """A subgroup report for a page: the group, its counts, sensitivity and specificity for
+    the positive class at the operating point, AUC, balanced accuracy, ECE and Brier (each
+    with its interval), and a note on groups too small to read."""
+    pos = report.positive_class
+    t = report.display_table(digits)
+    out = pd.DataFrame(
+        {
+            "column": t["column"],
+            "group": t["value"],
+            "images": t["n"],
+            "note": [f"too small (< {report.min_n})" if s else "" for s in t["too_small"]],
+            "patients": t["n_patients"],
+            f"{pos} images": t["n_positive"],
+            f"sensitivity ({pos})": t["pos_sensitivity"],
+            f"specificity ({pos})": t["pos_specificity"],
+            "AUC": t["auc"],
+            "balanced accuracy": t["balanced_accuracy"],
+            "ECE": t["ece"],
+            "Brier": t["brier"],
+        }
+    )
+    if out["patients"].isna().all():
+        out = out.drop(columns=["patients"])
+    return out
