@@ -158,6 +158,11 @@ class SubgroupReport:
                 f"No sensitivity gap can be measured: no column has two groups of {self.min_n} or more "
                 f"images with {self.positive_class} images among them."
             )
+        if g["gap"] == 0:
+            return (
+                f"No gap in sensitivity for {self.positive_class} between {g['column']} groups: "
+                f"{g['low']['value']} and {g['high']['value']} both reach {g['low']['sensitivity']:.2f}."
+            )
         note = " The intervals overlap: the gap may be chance." if g["overlap"] else ""
         return (
             f"Largest gap in sensitivity for {self.positive_class} (missed disease): {g['column']} "
@@ -317,8 +322,9 @@ def _largest_gap(table: pd.DataFrame, min_n: int) -> dict[str, Any] | None:
     for col, part in ok.groupby("column", sort=False):
         if len(part) < 2:
             continue
-        low = part.loc[part["pos_sensitivity"].idxmin()]
-        high = part.loc[part["pos_sensitivity"].idxmax()]
+        # Two distinct groups even when every group scores the same (idxmin == idxmax then).
+        ranked = part.sort_values("pos_sensitivity", kind="stable")
+        low, high = ranked.iloc[0], ranked.iloc[-1]
         gap = float(high["pos_sensitivity"] - low["pos_sensitivity"])
         if best is None or gap > best["gap"]:
             best = {

@@ -119,3 +119,14 @@ def test_age_bands_come_in_order(column):
     df = _predictions(rng, 300, 0.0).assign(age=rng.integers(1, 99, 300))
     values = subgroup_metrics(df, CLASSES, [column], n_resamples=0).table["value"].tolist()
     assert values == ["0-19", "20-39", "40-59", "60-79", "80+"]
+
+
+def test_no_gap_names_two_different_groups():
+    rng = np.random.default_rng(2)
+    df = _predictions(rng, 400, miss_rate_for_f=0.0)
+    df["prob/covid"] = np.where(df["target"] == 1, 0.9, 0.1)  # every covid image found in every group
+    df["prob/normal"] = 1 - df["prob/covid"]
+    report = subgroup_metrics(df, CLASSES, ["sex"], n_resamples=0)
+    assert report.gap["gap"] == 0
+    assert report.gap["low"]["value"] != report.gap["high"]["value"]
+    assert "No gap in sensitivity" in report.gap_sentence
