@@ -169,10 +169,12 @@ def _library(cls_name: str, needs_gradients: bool, **init: Any) -> ComputeFn:
 
         layers = list(target_layers)
         cls = getattr(pytorch_grad_cam, cls_name)
-        if needs_gradients:
+        if needs_gradients and len(layers) == 1:
             with _gradients_from(layers):
                 return run_base_cam(cls(model, layers, **init), x, target, True)
-        return run_base_cam(cls(model, layers, **init), x, target, False)
+        # Several layers: one may feed another (layer3 -> layer4), and cutting the graph at
+        # the later one would starve the earlier of its gradient; walk the whole graph.
+        return run_base_cam(cls(model, layers, **init), x, target, needs_gradients)
 
     return compute
 

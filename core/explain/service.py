@@ -237,6 +237,15 @@ def explain(
                     if errors == "raise":
                         raise
                     result.error = str(exc)
+                except (RuntimeError, ValueError, IndexError) as exc:
+                    # A layer whose output does not suit the method (a block inside a stage,
+                    # a pooled 1x1 output): one clear line, not a traceback from the library.
+                    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+                    err = ConfigError(f"{spec.label} cannot use layer {', '.join(names)} of {loaded.arch} "
+                                      f"({type(exc).__name__}: {first}); pick another layer")
+                    if errors == "raise":
+                        raise err from None
+                    result.error = str(err)
                 if result.cam is not None and store is not None:
                     store.put(key, result.cam, result.seconds)
             results.append(result)

@@ -89,6 +89,21 @@ def test_classic_cam_equals_gradcam_on_a_resnet():
         assert cam.max() > 0 and _r(cam, grad) > 0.99
 
 
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "hirescam"])
+def test_several_target_layers_in_sequence_each_get_their_gradient(method):
+    # layer3 feeds layer4: the map over both must combine both layers' own maps (the
+    # library scales each to the input, clips at 0 and averages), not pair one layer's
+    # gradients with the other's activations.
+    model = _model("resnet18", 3)
+    x = _x(7, 96)
+    compute = get_method(method).compute
+    both = compute(model, x, [model.layer3, model.layer4], LogitTarget(1))
+    l3 = compute(model, x, [model.layer3], LogitTarget(1))
+    l4 = compute(model, x, [model.layer4], LogitTarget(1))
+    assert both.shape == (96, 96) and np.isfinite(both).all()
+    assert _r(both, l3 + l4) > 0.9
+
+
 def test_single_logit_targets_explain_both_classes():
     out = torch.tensor([[2.5], [-1.0]])
     assert torch.equal(LogitTarget(1, True)(out), out[:, 0])
