@@ -151,6 +151,11 @@ def run_base_cam(cam: Any, x: torch.Tensor, target: LogitTarget, needs_gradients
     return finish_map(out[0])
 
 
+def _min_max(cam: np.ndarray) -> np.ndarray:
+    low, high = float(cam.min()), float(cam.max())
+    return (cam - low) / (high - low) if high > low else np.zeros_like(cam)
+
+
 def finish_map(cam: np.ndarray) -> np.ndarray:
     """float32, finite, in [0, 1] (a blank map stays all zeros)."""
     cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
@@ -169,11 +174,17 @@ def _library(cls_name: str, needs_gradients: bool, **init: Any) -> ComputeFn:
 
         layers = list(target_layers)
         cls = getattr(pytorch_grad_cam, cls_name)
-        if needs_gradients and len(layers) == 1:
+        if needs_gradients and len(layers) > 1:
+            # pytorch-grad-cam pairs each layer's gradient with its activation by the order
+            # of the backward hooks, which is the reverse of the forward order only for a
+            # chain; an FPN's top-down pathway breaks it (DRENet's levels got each other's
+            # gradients). One pass per layer pairs them for sure; the maps are then
+            # aggregated as the library does (mean of the per-layer scaled maps, rescaled).
+            maps = [compute(model, x, [layer], target, **opts) for layer in layers]
+            return finish_map(_min_max(np.mean(maps, axis=0)))
+        if needs_gradients:
             with _gradients_from(layers):
                 return run_base_cam(cls(model, layers, **init), x, target, True)
-        # Several layers: one may feed another (layer3 -> layer4), and cutting the graph at
-        # the later one would starve the earlier of its gradient; walk the whole graph.
         return run_base_cam(cls(model, layers, **init), x, target, needs_gradients)
 
     return compute

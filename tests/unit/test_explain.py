@@ -104,6 +104,49 @@ def test_several_target_layers_in_sequence_each_get_their_gradient(method):
     assert _r(both, l3 + l4) > 0.9
 
 
+def _manual_gradcam(model: nn.Module, x: torch.Tensor, layers: list[nn.Module], index: int) -> np.ndarray:
+    """Grad-CAM with each layer's gradient taken from that layer's own output tensor (keyed
+    by module, not by hook order): the reference for models whose backward order is not
+    the reverse of their forward order."""
+    outputs: dict[int, torch.Tensor] = {}
+
+    def keep(i: int):
+        def hook(module, args, out):
+            out.retain_grad()
+            outputs[i] = out
+
+        return hook
+
+    handles = [layer.register_forward_hook(keep(i)) for i, layer in enumerate(layers)]
+    try:
+        model.zero_grad()
+        model(x)[0, index].backward()
+    finally:
+        for h in handles:
+            h.remove()
+    maps = []
+    for i in range(len(layers)):
+        act, grad = outputs[i], outputs[i].grad
+        cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * act).sum(dim=1, keepdim=True))
+        cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-12)  # scaled, then resized, as the library does
+        maps.append(torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear")[0, 0].detach().numpy())
+    return np.mean(maps, axis=0)
+
+
+def test_fpn_levels_each_get_their_own_gradient():
+    # DRENet's top-down FPN pathway runs backward hooks out of forward order; the library
+    # alone paired level 0's activation with level 3's gradient (wrong maps, or a shape error
+    # for XGrad-CAM / Layer-CAM / HiRes-CAM).
+    torch.manual_seed(0)
+    model = _model("drenet", 3)
+    layers = [get_submodule(model, name) for name in get_arch("drenet").target_layers]
+    x = _x(3, SIZE)
+    ours = get_method("gradcam").compute(model, x, layers, LogitTarget(2))
+    assert _r(ours, _manual_gradcam(model, x, layers, 2)) > 0.97  # was 0.57
+    for method in ("xgradcam", "layercam", "hirescam"):
+        assert np.isfinite(get_method(method).compute(model, x, layers, LogitTarget(2))).all()
+
+
 def test_single_logit_targets_explain_both_classes():
     out = torch.tensor([[2.5], [-1.0]])
     assert torch.equal(LogitTarget(1, True)(out), out[:, 0])

@@ -216,7 +216,11 @@ def test_three_runs_on_ray_finish_cancel_die_and_resume(ray_worker, tmp_path):
     assert {("train", "loss"), ("val", "auc"), ("val", "loss")} <= set(
         zip(metrics["split"], metrics["name"], strict=True)
     )
-    log_text = run_log_path(done_id).read_text()
+    # The trainer marks its run done itself; the worker copies the rest of the job's log at
+    # its next poll (about a second later).
+    deadline = time.monotonic() + 15
+    while "epoch 1/1" not in (log_text := run_log_path(done_id).read_text()) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert f"Ray job {done.launcher_ref}" in log_text and "epoch 1/1" in log_text  # the job's log, copied
 
     # status while two runs live: the head's CPUs and our jobs
