@@ -145,6 +145,12 @@ def _curve_runs(picked: list[RunRecord], rows: dict[str, pd.DataFrame]) -> list[
 
 def _controls(names: list[str], repeated: bool) -> tuple[list[str], list[str], str, float, bool, str]:
     default = [m for m in ("auc", "loss") if m in names] or names[:1]
+    # Opened before the first epoch, only batch_loss exists: follow the default to val AUC and
+    # loss once they appear, unless the user has chosen metrics themselves.
+    state = st.session_state
+    if state.get("cmp_metric_names") == state.get("_cmp_metric_default") != default:
+        state["cmp_metric_names"] = default
+    state["_cmp_metric_default"] = default
     top = st.columns([3, 1], vertical_alignment="bottom")
     metrics = top[0].multiselect(
         "Metrics",
