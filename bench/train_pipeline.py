@@ -467,7 +467,9 @@ def model_alone(config: Any, steps: int = 10) -> float:
     import torch
 
     model, device, precision = _our_model(config)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    from core.train.optim import build_optimizer
+
+    opt = build_optimizer(config.optimizer, model, lr=config.lr, weight_decay=config.weight_decay)  # as ours
     x = torch.rand(config.batch_size, 1, config.img_size, config.img_size, device=device)
     if precision.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
