@@ -73,8 +73,9 @@ def _epoch_rows(rng: np.random.Generator, e: int, epochs: int, t: float, quality
     return rows
 
 
-def _predictions(rng: np.random.Generator, quality: float) -> pd.DataFrame:
-    y = rng.integers(0, len(CLASSES), N_PREDICTIONS)
+def _predictions(rng: np.random.Generator, quality: float, y: np.ndarray) -> pd.DataFrame:
+    """A run's predictions on a split whose true labels ``y`` every run shares (the same
+    images of the same task, as the page's evaluation requires)."""
     logits = rng.normal(0, 1, (N_PREDICTIONS, len(CLASSES)))
     logits[np.arange(N_PREDICTIONS), y] += 1 + 3 * quality
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -96,6 +97,10 @@ def fill_store(workspace: Path, n_runs: int, epochs: int, seed: int) -> int:
 
     store = RunStore(workspace=workspace)
     rng = np.random.default_rng(seed)
+    labels = {
+        split: np.random.default_rng([seed, k]).integers(0, len(CLASSES), N_PREDICTIONS)
+        for k, split in enumerate(("val", "test"))
+    }
     archs, losses = ("resnet18", "resnet50", "densenet121", "efficientnet_b0"), ("weighted_ce", "focal", "ce")
     n_rows = 0
     for i in range(n_runs):
@@ -131,7 +136,7 @@ def fill_store(workspace: Path, n_runs: int, epochs: int, seed: int) -> int:
         folder = run_dir(rec.id, workspace)
         folder.mkdir(parents=True, exist_ok=True)
         for split in ("val", "test"):
-            _predictions(rng, quality).to_csv(folder / f"predictions_{split}.csv", index=False)
+            _predictions(rng, quality, labels[split]).to_csv(folder / f"predictions_{split}.csv", index=False)
         n_rows += len(rows)
     return n_rows
 

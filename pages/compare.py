@@ -147,15 +147,16 @@ def _controls(names: list[str], repeated: bool) -> tuple[list[str], list[str], s
     default = [m for m in ("auc", "loss") if m in names] or names[:1]
     # Opened before the first epoch, only batch_loss exists: follow the default to val AUC and
     # loss once they appear, unless the user has chosen metrics themselves.
+    # The value lives in session state only (a default= as well makes Streamlit warn).
     state = st.session_state
-    if state.get("cmp_metric_names") == state.get("_cmp_metric_default") != default:
+    if "cmp_metric_names" not in state or state["cmp_metric_names"] == state.get("_cmp_metric_default"):
         state["cmp_metric_names"] = default
+    state["cmp_metric_names"] = [m for m in state["cmp_metric_names"] if m in names]
     state["_cmp_metric_default"] = default
     top = st.columns([3, 1], vertical_alignment="bottom")
     metrics = top[0].multiselect(
         "Metrics",
         names,
-        default=default,
         key="cmp_metric_names",
         help="One chart per metric; per-class metrics are named metric/class.",
     )

@@ -145,7 +145,26 @@ def _x_values(series: Mapping[str, np.ndarray], x: str, start: float | None) -> 
         t = series["time"].astype(np.float64)
         t0 = start if start is not None and math.isfinite(start) else float(t.min())
         return (t - t0) / 60.0
+    if x == "epoch":
+        return epoch_positions(series["epoch"], series["step"])
     return series[x]
+
+
+def epoch_positions(epoch: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """x positions on the epoch axis: an epoch-level row sits at its epoch; a metric logged
+    at several steps of an epoch (``batch_loss``) is spread over that epoch in step order,
+    the last at the epoch's number, instead of stacking in a vertical line at one x. Rows of
+    the same epoch and step (an epoch repeated after a resume) keep one position."""
+    epoch = np.asarray(epoch, dtype=np.float64)
+    if len(epoch) == 0:
+        return epoch
+    pairs, inverse = np.unique(np.column_stack([epoch, np.asarray(step, dtype=np.float64)]), axis=0,
+                               return_inverse=True)  # fmt: skip
+    values, first, counts = np.unique(pairs[:, 0], return_index=True, return_counts=True)
+    group = np.searchsorted(values, pairs[:, 0])
+    rank = np.arange(len(pairs)) - first[group] + 1
+    position = pairs[:, 0] - 1 + rank / counts[group]
+    return position[inverse.ravel()]
 
 
 def _split_traces(

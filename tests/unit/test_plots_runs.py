@@ -187,3 +187,17 @@ def test_confusion_matrix_counts_rows_as_the_true_class():
     assert heat.z[2][2] == pytest.approx(2 / 3)  # pneumonia's sensitivity on the diagonal
     assert heat.text[2][2].startswith("2<br>67%")
     assert not figs.confusion_figure(np.zeros((2, 2)), ["a", "b"]).data
+
+
+def test_batch_metrics_spread_over_their_epoch_on_the_epoch_axis():
+    from core.plots.runs import epoch_positions
+
+    # batch_loss logged three times per epoch (steps out of order in the table), two epochs
+    epoch = np.array([1, 1, 1, 2, 2, 2])
+    step = np.array([20, 10, 30, 50, 40, 60])
+    assert np.allclose(epoch_positions(epoch, step), [2 / 3, 1 / 3, 1, 5 / 3, 4 / 3, 2])
+    # epoch-level rows stay on whole epochs
+    assert np.array_equal(epoch_positions(np.array([1, 2, 3]), np.array([22, 44, 66])), [1, 2, 3])
+    assert epoch_positions(np.array([]), np.array([])).size == 0
+    # an epoch repeated after a resume (same step) stays at its epoch
+    assert np.array_equal(epoch_positions(np.array([1, 2, 2, 3]), np.array([22, 44, 44, 66])), [1, 2, 2, 3])
