@@ -28,16 +28,14 @@ def _colors(names: Sequence[str]) -> dict[str, str]:
 
 def roc_figure(df: pd.DataFrame, classes: Sequence[str], op: dict[str, Any] | None = None) -> Any:
     """One-vs-rest ROC curve per class (AUC in the legend); the operating point as a marker."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from core.plots.runs import roc_points
 
-    y = df["target"].to_numpy()
     colors, traces = _colors(classes), []
-    for c, name in enumerate(classes):
-        pos = y == c
-        if not 0 < pos.sum() < len(y):
+    for name in classes:
+        points = roc_points(df, name)
+        if points is None:
             continue
-        fpr, tpr, _ = roc_curve(pos, df[f"prob/{name}"])
-        auc = roc_auc_score(pos, df[f"prob/{name}"])
+        fpr, tpr, auc = points
         traces.append(
             dict(
                 type="scatter",
@@ -82,16 +80,14 @@ def roc_figure(df: pd.DataFrame, classes: Sequence[str], op: dict[str, Any] | No
 
 def pr_figure(df: pd.DataFrame, classes: Sequence[str]) -> Any:
     """One-vs-rest precision-recall curve per class (average precision in the legend)."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
+    from core.plots.runs import pr_points
 
-    y = df["target"].to_numpy()
     colors, traces = _colors(classes), []
-    for c, name in enumerate(classes):
-        pos = y == c
-        if not 0 < pos.sum() < len(y):
+    for name in classes:
+        points = pr_points(df, name)
+        if points is None:
             continue
-        prec, rec, _ = precision_recall_curve(pos, df[f"prob/{name}"])
-        ap = average_precision_score(pos, df[f"prob/{name}"])
+        rec, prec, ap, _ = points
         traces.append(
             dict(
                 type="scatter",
@@ -115,35 +111,11 @@ def pr_figure(df: pd.DataFrame, classes: Sequence[str]) -> Any:
 def confusion_figure(
     matrix: Sequence[Sequence[int]], classes: Sequence[str], title: str | None = None
 ) -> Any:
-    """Counts with each row's share (rows = true class)."""
-    m = np.asarray(matrix, dtype=float)
-    share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    text = [
-        [f"{int(v)}<br>{s:.0%}" for v, s in zip(row, srow, strict=True)]
-        for row, srow in zip(m, share, strict=True)
-    ]
-    trace = dict(
-        type="heatmap",
-        z=share.tolist(),
-        x=list(classes),
-        y=list(classes),
-        text=text,
-        texttemplate="%{text}",
-        colorscale="Blues",
-        zmin=0,
-        zmax=1,
-        showscale=False,
-        hovertemplate="true %{y}, predicted %{x}: %{text}<extra></extra>",
-    )
-    return _figure(
-        [trace],
-        title=title,
-        x_title="predicted",
-        y_title="true",
-        showlegend=False,
-        yaxis=dict(autorange="reversed"),
-        height=120 + 50 * len(classes),
-    )
+    """Counts with each row's share (rows = true class): the Compare page's heatmap, sized
+    for the report."""
+    from core.plots.runs import confusion_figure as heatmap
+
+    return heatmap(np.asarray(matrix), list(classes), title or "", height=120 + 50 * len(classes))
 
 
 def reliability_figure(table: pd.DataFrame) -> Any:
