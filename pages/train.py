@@ -706,18 +706,7 @@ def _runs_panel(live_at_start: bool) -> None:
             RUNS_KEY,
             mode="single-row",
             default_ids=[runs[0].id],
-            column_order=[
-                "run",
-                "status",
-                "progress",
-                "epoch",
-                "ETA",
-                "best",
-                "monitor",
-                "device",
-                "created",
-                "note",
-            ],
+            column_order=[c for c in table.columns if c != "id"],  # views.runs_table's order
             column_config={
                 "status": st.column_config.TextColumn("status", help=rw.STATUS_HELP, width="small"),
                 "progress": st.column_config.ProgressColumn(

@@ -20,6 +20,9 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.apptest import assert_clean as _ok
+from tests.apptest import open_page
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "pages" / "compare.py")
 TIMEOUT = 60
@@ -112,16 +115,8 @@ def two_seeds(workspace, dataset):
     return a, b
 
 
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
 def _page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    at.run()
-    _ok(at)
-    return at
+    return open_page(PAGE, TIMEOUT)
 
 
 def _open_tab(at: AppTest, name: str) -> None:

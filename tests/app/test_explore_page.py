@@ -13,6 +13,8 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.apptest import assert_clean as _ok
+
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explore.py")
 TIMEOUT = 60
 
@@ -36,11 +38,6 @@ def app(workspace, demo_root) -> AppTest:
     at.run()
     _ok(at)
     return at
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _open_tab(at: AppTest, name: str) -> AppTest:

@@ -14,6 +14,8 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.apptest import assert_clean as _ok
+
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explore.py")
 TIMEOUT = 60
 N = 30  # images per class: above the probe's 10 groups per class, enough for 5 folds
@@ -44,11 +46,6 @@ def app(workspace, tmp_path) -> AppTest:
     at.run()
     _ok(at)
     return at
-
-
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
 
 
 def _open_probe(at: AppTest) -> None:

@@ -15,6 +15,9 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.apptest import assert_clean as _ok
+from tests.apptest import open_page
+
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "train.py")
 TIMEOUT = 60
 COUNTS = {"train": (12, 6), "val": (4, 4), "test": (4, 4)}  # (normal, pneumonia)
@@ -58,16 +61,8 @@ def store(workspace):
     return RunStore(workspace=workspace)
 
 
-def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-
-
 def _page() -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    at.run()
-    _ok(at)
-    return at
+    return open_page(PAGE, TIMEOUT)
 
 
 def _launch(at: AppTest, label: str = "Launch 1 run") -> AppTest:
