@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from core.evaluate.compare import METRIC_NAMES
 from core.runs.store import RunRecord, RunStatus
 from core.train.metrics import LOWER_IS_BETTER
 
@@ -520,23 +521,13 @@ def parse_seeds(text: str) -> list[int]:
 # -- trustworthy evaluation on the Compare page (issue 10) ---------------------------------------
 
 CI_METRICS = ("auc", "pr_auc", "sensitivity", "specificity", "balanced_accuracy")
-METRIC_LABELS = {
-    "auc": "AUC",
-    "pr_auc": "PR-AUC",
-    "sensitivity": "sensitivity",
-    "specificity": "specificity",
-    "balanced_accuracy": "balanced accuracy",
-    "accuracy": "accuracy",
-    "f1": "F1",
-    "precision": "precision",
-}
 SEED_METRICS = ("val_auc", "val_balanced_accuracy", "val_sensitivity", "val_specificity", "val_loss")
 
 
 def metric_label(name: str) -> str:
     """``auc`` -> ``AUC``, ``sensitivity/covid`` -> ``sensitivity (covid)``."""
     base, _, cls = name.partition("/")
-    label = METRIC_LABELS.get(base, base.replace("_", " "))
+    label = METRIC_NAMES.get(base, base.replace("_", " "))
     return f"{label} ({cls})" if cls else label
 
 
