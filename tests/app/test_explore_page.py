@@ -14,6 +14,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tests.apptest import assert_clean as _ok
+from tests.apptest import open_page
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explore.py")
 TIMEOUT = 60
@@ -34,10 +35,7 @@ def app(workspace, demo_root) -> AppTest:
     from core.data import catalog
 
     catalog.register_dataset(demo_root, name="demo")
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    at.run()
-    _ok(at)
-    return at
+    return open_page(PAGE, TIMEOUT)
 
 
 def _open_tab(at: AppTest, name: str) -> AppTest:

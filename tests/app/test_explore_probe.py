@@ -15,6 +15,7 @@ pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tests.apptest import assert_clean as _ok
+from tests.apptest import open_page
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explore.py")
 TIMEOUT = 60
@@ -42,10 +43,7 @@ def app(workspace, tmp_path) -> AppTest:
 
     catalog.register_dataset(_write(tmp_path / "planted", True, 0), name="planted")
     catalog.register_dataset(_write(tmp_path / "alike", False, 1), name="alike")
-    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
-    at.run()
-    _ok(at)
-    return at
+    return open_page(PAGE, TIMEOUT)
 
 
 def _open_probe(at: AppTest) -> None:
