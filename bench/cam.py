@@ -64,15 +64,9 @@ def _demo_plan(n_patients: int) -> list[Any]:
 
 
 def _render(item: Any, size: int = DEMO_SIZE) -> tuple[np.ndarray, list[tuple[float, float, float, float]]]:
-    from core.data.demo import render_chest
+    from core.data.demo import render_item
 
-    img, boxes = render_chest(
-        np.random.default_rng(list(item.seed)),
-        size=size,
-        anatomy=item.anatomy,
-        shot=item.shot,
-        lesion=None if item.label == "normal" else item.label,
-    )
+    img, boxes = render_item(item, size)
     return (img * 255).round().astype(np.uint8), [(b.x, b.y, b.width, b.height) for b in boxes]
 
 

@@ -55,16 +55,10 @@ AUC_TOLERANCE = 0.02  # "no loss of val AUC": within this of the notebooks' (157
 def _render_patient(root: str, items: list[Any], size: int) -> int:
     from PIL import Image
 
-    from core.data.demo import render_chest
+    from core.data.demo import render_item
 
     for item in items:
-        img, _ = render_chest(
-            np.random.default_rng(list(item.seed)),
-            size=size,
-            anatomy=item.anatomy,
-            shot=item.shot,
-            lesion=None if item.label == "normal" else item.label,
-        )
+        img, _ = render_item(item, size)
         path = Path(root) / item.split / item.label / f"{item.patient_id}_{item.image_no}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -673,14 +673,20 @@ def _write_dicom(path: Path, img: np.ndarray, item: DemoImage) -> None:
     )
 
 
-def _write_image(root: Path, item: DemoImage, size: int) -> list[Box]:
-    img, boxes = render_chest(
+def render_item(item: DemoImage, size: int) -> tuple[np.ndarray, list[Box]]:
+    """One planned image, rendered: (float image in [0, 1], its lesion boxes). The same item
+    and size always give the same pixels (the item carries its seed)."""
+    return render_chest(
         np.random.default_rng(list(item.seed)),
         size=size,
         anatomy=item.anatomy,
         shot=item.shot,
         lesion=None if item.label == "normal" else item.label,
     )
+
+
+def _write_image(root: Path, item: DemoImage, size: int) -> list[Box]:
+    img, boxes = render_item(item, size)
     path = root / item.path
     path.parent.mkdir(parents=True, exist_ok=True)
     if item.fmt == "png8":
