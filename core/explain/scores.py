@@ -26,6 +26,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,15 +118,26 @@ def pointing_game(cam: np.ndarray, boxes: Iterable[Sequence[float]], tolerance: 
     cam = np.nan_to_num(np.asarray(cam, dtype=np.float64))
     if cam.size == 0 or cam.max() <= cam.min():
         return False
-    tol = POINTING_TOLERANCE * max(cam.shape) if tolerance is None else float(tolerance)
+    tol = pointing_tolerance(cam.shape) if tolerance is None else float(tolerance)
     py, px = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    cy, cx = py + 0.5, px + 0.5  # the peak pixel's centre
+    return bool(squared_box_distance(py + 0.5, px + 0.5, boxes) <= tol * tol)  # the peak pixel's centre
+
+
+def pointing_tolerance(shape: tuple[int, ...]) -> float:
+    """The pointing game's default tolerance in pixels for a map of ``shape``."""
+    return POINTING_TOLERANCE * max(shape)
+
+
+def squared_box_distance(cy: Any, cx: Any, boxes: Iterable[Sequence[float]]) -> np.ndarray:
+    """Squared distance from points ``(cy, cx)`` (scalars or arrays) to the nearest box
+    ``(x, y, w, h)``: 0 inside a box, inf with no box."""
+    cy, cx = np.asarray(cy, dtype=np.float64), np.asarray(cx, dtype=np.float64)
+    best = np.full(np.broadcast(cy, cx).shape, np.inf)
     for x, y, w, h in boxes:
-        dx = max(x - cx, 0.0, cx - (x + w))
-        dy = max(y - cy, 0.0, cy - (y + h))
-        if dx * dx + dy * dy <= tol * tol:
-            return True
-    return False
+        dx = np.maximum(np.maximum(x - cx, cx - (x + w)), 0.0)
+        dy = np.maximum(np.maximum(y - cy, cy - (y + h)), 0.0)
+        best = np.minimum(best, dx * dx + dy * dy)
+    return best
 
 
 # ---------------------------------------------------------------- faithfulness

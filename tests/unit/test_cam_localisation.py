@@ -37,14 +37,9 @@ def _chance_hit(size: int, boxes: list) -> float:
     pixels whose centre lies within the tolerance of a box."""
     from core.explain import scores as sc
 
-    tol = sc.POINTING_TOLERANCE * size
     cy, cx = np.mgrid[0:size, 0:size] + 0.5
-    hit = np.zeros((size, size), dtype=bool)
-    for x, y, w, h in boxes:
-        dx = np.maximum.reduce([x - cx, np.zeros_like(cx), cx - (x + w)])
-        dy = np.maximum.reduce([y - cy, np.zeros_like(cy), cy - (y + h)])
-        hit |= dx * dx + dy * dy <= tol * tol
-    return float(hit.mean())
+    tol = sc.pointing_tolerance((size, size))
+    return float((sc.squared_box_distance(cy, cx, boxes) <= tol * tol).mean())
 
 
 @pytest.fixture(scope="module")
