@@ -138,6 +138,10 @@ class ProbeResult:
         parts = []
         for side, words in ((self.metadata, "metadata"), (self.file_properties, "file properties")):
             parts.append(f"{words} {side.auc:.2f}" if side.auc is not None else f"{words} n/a")
+        if self.metadata.auc is None and self.file_properties.auc is None and not self.flagged:
+            notes = [n for n in (self.metadata.note, self.file_properties.note) if n]
+            why = f": {notes[0]}" if notes else ""
+            return f"not checked{why} ({self.n_images} images)"
         verdict = "SHORTCUT SUSPECTED" if self.flagged else "no shortcut found"
         tops = ", ".join(s.feature for s in self.top_features[:3])
         carried = f" (carried by {tops})" if self.flagged and tops else ""

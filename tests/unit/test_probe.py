@@ -123,3 +123,13 @@ def test_label_like_ids_and_constant_columns_are_left_out():
     assert set(excluded) >= {"Finding", "StudyInstanceUID", "Modality", "file_width", "label", "patient_id"}
     result = probe_index(index)
     assert result.file_properties.auc is None and "no file properties" in result.file_properties.note
+
+
+def test_a_probe_that_cannot_run_says_not_checked_not_no_shortcut():
+    from core.evaluate.probe import ProbeResult, ProbeSide
+
+    side = ProbeSide("metadata", None, ["age"], note="too few patients in a class for cross-validation")
+    result = ProbeResult(side, ProbeSide("file_properties", None, []), n_images=187, n_groups=112,
+                         grouped_by_patient=True, classes=["a", "b"], n_folds=1)  # fmt: skip
+    assert result.summary.startswith("not checked: too few patients")
+    assert "no shortcut found" not in result.summary
