@@ -97,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     except ChestLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        # A Python without the requirements (on a Ray node: the python on its PATH) would
+        # otherwise die with a traceback deep in whichever import came first.
+        import socket
+
+        print(
+            f"error: {sys.executable} on {socket.gethostname()} has no module {exc.name!r}: install "
+            "ChestLab's requirements.txt into the Python that runs `python -m core`",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
