@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from core.errors import ConfigError, NotFoundError
+from core.errors import ConfigError
 from core.progress import ProgressFn, no_progress
 from core.runs import db
 from core.runs.store import RunStore
@@ -84,7 +84,9 @@ def migrate_store(
     if source_url is None:
         path = workspace_root(workspace) / db.DB_FILENAME
         if not path.exists():
-            raise NotFoundError(f"{path}: no run store in this workspace to migrate")
+            # Nothing recorded yet: the target still gets its schema, so switching to it works.
+            RunStore(url=target_url).close()
+            return {"runs": 0, "metrics": 0}
         source_url = f"sqlite:///{path}"
     if source_url.strip() == target_url.strip():
         raise ConfigError(f"store migrate: source and target are the same store ({db.redact(target_url)})")

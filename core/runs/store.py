@@ -161,6 +161,9 @@ class RunRecord:
             "progress": round(self.progress, 4),
             "pid": self.pid,
             "device": self.device,
+            "host": self.host,
+            "launcher": self.launcher or "local",
+            "error": self.error,
             "best": self.best,
         }
 

@@ -152,6 +152,12 @@ def test_cli_store_migrate(workspace, pg_url, capsys):
     assert "same store" in capsys.readouterr().err
 
 
+def test_migrating_a_workspace_without_runs_copies_nothing_and_prepares_the_target(tmp_path, pg_url):
+    assert migrate_store(pg_url, workspace=tmp_path / "fresh") == {"runs": 0, "metrics": 0}
+    assert not (tmp_path / "fresh" / db.DB_FILENAME).exists()  # the source is not created by reading it
+    RunStore(url=pg_url).list_runs()  # the target's schema is there
+
+
 def test_a_lost_server_connection_is_replaced_on_the_next_call(pg_url):
     import psycopg
 

@@ -293,9 +293,17 @@ def test_cli_runs_cancel_resume(workspace, store, capsys, monkeypatch):
             "progress": 0.0,
             "pid": None,
             "device": None,
+            "host": None,
+            "launcher": "local",
+            "error": "",
             "best": {},
         }
     ]
+    failed = store.create_run({**CONFIG, "name": "broken"})
+    store.finish(failed.id, "failed", error="data: /data/x.png: not a PNG")
+    assert main(["runs", "--json"]) == 0
+    [row] = [r for r in json.loads(capsys.readouterr().out) if r["run_id"] == failed.id]
+    assert row["status"] == "failed" and row["error"] == "data: /data/x.png: not a PNG"
     assert main(["cancel", rec.id, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"run_id": rec.id, "status": "cancelled"}
     assert main(["runs"]) == 0
