@@ -38,7 +38,7 @@ TARGETS = {"ray_submit_to_running_s": 5.0, "metric_to_store_s": 2.0}
 
 def _config(data: str, seed: int) -> dict[str, Any]:
     return {"data": data, "arch": "resnet18", "img_size": 96, "epochs": 500, "batch_size": 16, "device": "cpu",
-            "augment": "none", "schedule": "none", "seed": seed, "name": f"bench-{seed}"}  # fmt: skip
+            "augment": "none", "schedule": "none", "seed": seed, "name": f"bench-{seed}", "pretrained": "none"}  # fmt: skip
 
 
 def _worker(workspace: Path, store: Any) -> tuple[Any, threading.Event, threading.Thread]:

@@ -353,7 +353,7 @@ def our_config(root: Path, s: Settings, device: str) -> Any:
         data=str(root), format="imagefolder", arch="resnet18", in_channels=1, img_size=s.img_size,
         epochs=s.epochs, batch_size=s.batch_size, precision="auto", augment="light", device=device,
         optimizer="adam", lr=s.lr, weight_decay=0.0, schedule="none", loss="ce", seed=s.seed,
-        name="bench-train-pipeline",
+        name="bench-train-pipeline", pretrained="none",  # both ways start from the same random init
     )  # fmt: skip
 
 

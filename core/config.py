@@ -30,7 +30,9 @@ class RunConfig:
     task_name: str = ""
     # the model
     arch: str = "resnet18"
-    pretrained: str = "none"  # "none", "imagenet", or a path to a state_dict file
+    # "imagenet" (the torch hub cache, downloaded on first use), "none" (from scratch: only
+    # when asked for), or a path to a state_dict file
+    pretrained: str = "imagenet"
     in_channels: int = 1
     img_size: int = 224
     # class imbalance

@@ -8,6 +8,7 @@ from models.pretrained import (
     PretrainedStatus,
     PretrainedWeightsUnavailable,
     WeightsFileError,
+    check_pretrained,
     load_pretrained,
     pretrained_status,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "UnknownArchError",
     "WeightsFileError",
     "build_model",
+    "check_pretrained",
     "get_arch",
     "get_submodule",
     "list_archs",

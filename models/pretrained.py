@@ -7,13 +7,15 @@ ImageNet weights live where torchvision's weights API puts them,
 ``torch.hub.get_dir()/checkpoints/<file name from the url>``. When the file is missing we
 try one download there with short timeouts (a machine with a network behaves like every
 notebook); when that fails the error says which file to put where. Nothing falls back to
-random weights silently.
+random weights silently. ``CHESTLAB_OFFLINE=1`` skips the download attempt (air-gapped
+machines, and the test suite, which must never download).
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
+import os
 import pickle
 import re
 import socket
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NETWORK_TIMEOUT_S = 8.0
+OFFLINE_ENV = "CHESTLAB_OFFLINE"
 StateDict = dict[str, torch.Tensor]
 
 
@@ -94,7 +97,13 @@ def load_pretrained(model: nn.Module, spec: ArchSpec, source: str) -> list[str]:
 
 
 def imagenet_state_dict(spec: ArchSpec) -> StateDict:
-    status = pretrained_status(spec.name)
+    return read_state_dict(fetch_imagenet(spec.name))
+
+
+def fetch_imagenet(name: str) -> Path:
+    """The hub cache's file of ``name``'s ImageNet weights, downloaded first when missing;
+    PretrainedWeightsUnavailable (saying which file to put where) when it cannot be had."""
+    status = pretrained_status(name)
     if not status.url:
         raise PretrainedWeightsUnavailable(status.message)
     if not status.available:
@@ -103,12 +112,26 @@ def imagenet_state_dict(spec: ArchSpec) -> StateDict:
         # URLError, timeouts, TLS errors are OSErrors; a cut transfer is an HTTPException; a bad hash a RuntimeError
         except (OSError, http.client.HTTPException, RuntimeError) as exc:
             raise PretrainedWeightsUnavailable(f"{status.message} (download failed: {exc})") from None
-    return read_state_dict(Path(status.path))
+    return Path(status.path)
+
+
+def check_pretrained(name: str, source: str | None) -> None:
+    """Before a run is started: the weights it asks for are there (ImageNet: in the hub
+    cache, downloaded now if missing; a file: a readable state_dict). Raises
+    PretrainedWeightsUnavailable or WeightsFileError with what to do."""
+    if not source or source.lower() == "none":
+        return
+    if source.lower() == "imagenet":
+        fetch_imagenet(name)
+    else:
+        read_state_dict(Path(source).expanduser())
 
 
 def download_weights(url: str, dest: Path, timeout: float = NETWORK_TIMEOUT_S) -> None:
     """Download into the hub cache as torchvision would, but never hang: an unreachable
     host fails within ``timeout``, and so does a stalled transfer (socket timeout)."""
+    if os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
+        raise URLError(f"{OFFLINE_ENV} is set: no download attempted")
     if not _reachable(url, timeout):
         raise URLError(f"cannot reach {urlparse(url).hostname} within {timeout:g} s")
     dest.parent.mkdir(parents=True, exist_ok=True)

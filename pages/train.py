@@ -262,11 +262,12 @@ def _model(sweep: bool) -> tuple[list[str], str]:
     for a in archs:
         st.caption(f"**{a}**: {models.get_arch(a).description}")
     status = {a: models.pretrained_status(a) for a in archs}
-    have_all = bool(archs) and all(s.available for s in status.values())
+    # ImageNet unless the user says otherwise (as in every notebook); where the weights are
+    # not cached the warning below says where they come from: from scratch is only ever chosen.
     choice = st.radio(
         "Pretrained weights",
         list(PRETRAINED),
-        index=0 if have_all else 1,
+        index=0,
         format_func=PRETRAINED.get,
         key="tr_pretrained",
         horizontal=True,

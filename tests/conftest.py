@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CHESTLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# Tests never download: ImageNet weights are looked up in the hub cache only, in this process
+# and in every training process it starts (they inherit the environment).
+os.environ.setdefault("CHESTLAB_OFFLINE", "1")
 
 
 @pytest.fixture
@@ -313,7 +316,8 @@ def trained_demo_run(tmp_path_factory):
     ws = tmp_path_factory.mktemp("trained") / "workspace"
     demo = write_demo(ws / "demo", seed=0)
     config = RunConfig(data=demo.root, arch="resnet18", loss="weighted_ce", epochs=8, img_size=128, batch_size=32,
-                       lr=1e-3, schedule="onecycle", device="cpu", seed=0, name="demo-resnet18")
+                       lr=1e-3, schedule="onecycle", device="cpu", seed=0, name="demo-resnet18",
+                       pretrained="none")
     store = RunStore(workspace=ws)
     rec = store.create_run(config.to_dict(), name=config.name)
     rec = store.claim_run(rec.id, socket.gethostname())

@@ -129,6 +129,17 @@ def _leakage_gate(config: Any) -> Any:
     return report
 
 
+def _check_weights(config: Any) -> None:
+    """The weights the run starts from are here (ImageNet: fetched into the hub cache now if
+    missing), or one line saying where to put them: never a run that fails at its start."""
+    import models
+
+    try:
+        models.check_pretrained(config.arch, config.pretrained)
+    except (models.PretrainedWeightsUnavailable, models.WeightsFileError) as exc:
+        raise ConfigError(f"--pretrained {config.pretrained}: {exc}") from None
+
+
 def _launches_here() -> bool:
     from core.runs.worker import launcher_name, load_settings
 
@@ -158,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # cluster's devices are for its worker to check: this machine may have no GPU).
     if not args.background or _launches_here():
         resolve_device(config.device)
+        _check_weights(config)
     leakage = _leakage_gate(config)
     if args.background:
         rec = submit_run(config, store=store)

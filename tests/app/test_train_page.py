@@ -86,7 +86,7 @@ def test_the_form_queues_a_run_with_the_chosen_arch_and_loss(dataset, worker_cal
     c = rec.config
     assert (c["arch"], c["loss"], c["epochs"], c["img_size"]) == ("resnet34", "focal", 3, 64)
     assert c["loss_params"] == {"gamma": 1.5, "alpha": "none"}
-    assert c["data"] == str(dataset) and c["pretrained"] == "none"  # no ImageNet file here: none by default
+    assert c["data"] == str(dataset) and c["pretrained"] == "imagenet"  # the default, cached or not
     assert rec.tags == ["first", "cpu"]
     assert worker_calls, "submitting must ask for a worker"
     assert any(rec.id in t.value for t in at.toast)
@@ -99,8 +99,7 @@ def test_imagenet_weights_say_whether_they_are_there_and_where_they_go(dataset, 
 
     status = models.pretrained_status("resnet18")
     at = _page()
-    assert at.radio(key="tr_pretrained").value == ("imagenet" if status.available else "none")
-    at.radio(key="tr_pretrained").set_value("imagenet").run()
+    assert at.radio(key="tr_pretrained").value == "imagenet"  # from scratch only when chosen
     assert not at.exception
     if status.available:
         assert any(status.path in c.value for c in at.caption)
@@ -108,6 +107,10 @@ def test_imagenet_weights_say_whether_they_are_there_and_where_they_go(dataset, 
         assert any(status.path in w.value for w in at.warning)  # the exact file to put where
     _launch(at)
     assert store.list_runs()[0].config["pretrained"] == "imagenet"
+    at.radio(key="tr_pretrained").set_value("none").run()
+    assert any("starts random" in c.value for c in at.caption)
+    _launch(at)
+    assert store.list_runs()[0].config["pretrained"] == "none"
 
 
 def test_a_saved_task_brings_its_dataset_and_classes(dataset, worker_calls, store):

@@ -220,6 +220,9 @@ def test_train_launches_two_runs_on_the_saved_task(journey):
     journey.page.get_by_text(re.compile("^a saved task")).click()
     journey.settle()
     journey.choose("tr_task", TASK)
+    # ImageNet weights are the default; this machine has none cached and must not download.
+    journey.key("tr_pretrained").get_by_text("None: random init").click()
+    journey.settle()
     for name, loss in RUNS:
         journey.choose("tr_loss", loss)
         journey.type_in("tr_img_size", "64")
@@ -237,6 +240,7 @@ def test_train_launches_two_runs_on_the_saved_task(journey):
     assert {runs[n].config["loss"] for n, _ in RUNS} == {loss for _, loss in RUNS}
     assert all(r.config["task"]["merge"] for r in runs.values())
     assert all(r.config["device"] in ("auto", "cpu") for r in runs.values())
+    assert all(r.config["pretrained"] == "none" for r in runs.values())
     journey.shot("train")
 
 

@@ -217,12 +217,23 @@ def test_unreachable_host_fails_fast_without_downloading(tmp_path, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("download attempted")
 
+    monkeypatch.delenv("CHESTLAB_OFFLINE", raising=False)  # the suite's own guard (tests/conftest.py)
     monkeypatch.setattr(pretrained_mod.socket, "create_connection", no_connection)
     monkeypatch.setattr(torch.hub, "download_url_to_file", must_not_run)
     with pytest.raises(URLError, match="cannot reach download.pytorch.org"):
         REAL_DOWNLOAD(
             "https://download.pytorch.org/models/resnet18-f37072fd.pth", tmp_path / "x.pth", timeout=1
         )
+
+
+@pytest.mark.parametrize("value, attempted", [("1", False), ("true", False), ("0", True), ("", True)])
+def test_chestlab_offline_skips_the_download_attempt(tmp_path, monkeypatch, value, attempted):
+    tried = []
+    monkeypatch.setenv("CHESTLAB_OFFLINE", value)
+    monkeypatch.setattr(pretrained_mod, "_reachable", lambda *a: tried.append(a) or False)
+    with pytest.raises(URLError, match="CHESTLAB_OFFLINE is set" if not attempted else "cannot reach"):
+        REAL_DOWNLOAD("https://download.pytorch.org/models/resnet18-f37072fd.pth", tmp_path / "x.pth", timeout=1)
+    assert bool(tried) == attempted
 
 
 def test_state_dict_file_with_other_head_loads_with_head_replaced(tmp_path):

@@ -183,7 +183,8 @@ def _wait(store: RunStore, run_id: str, cond, timeout: float, what: str) -> RunR
 
 def _demo_config(data: Path, epochs: int, seed: int) -> dict:
     return {"data": str(data), "arch": "resnet18", "img_size": 96, "epochs": epochs, "batch_size": 16,
-            "device": "cpu", "augment": "none", "schedule": "none", "seed": seed, "name": f"ray-{epochs}-{seed}"}  # fmt: skip
+            "device": "cpu", "augment": "none", "schedule": "none", "seed": seed, "name": f"ray-{epochs}-{seed}",
+            "pretrained": "none"}  # fmt: skip
 
 
 @pytest.mark.slow

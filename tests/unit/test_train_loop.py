@@ -19,7 +19,7 @@ from core.train.reporter import FolderReporter, read_metrics
 from core.train.samplers import list_samplers
 from tests.conftest import write_tiny_dataset
 
-FAST = dict(arch="resnet18", img_size=32, batch_size=16, epochs=1, device="cpu", lr=3e-3, augment="light")
+FAST = dict(arch="resnet18", pretrained="none", img_size=32, batch_size=16, epochs=1, device="cpu", lr=3e-3, augment="light")
 
 
 @pytest.fixture(autouse=True)
@@ -174,7 +174,7 @@ def test_metrics_rows_have_train_and_val_every_epoch(tmp_path, workspace, tiny_d
 
 def test_cli_train_json_and_evaluate(tmp_path, workspace, tiny_dataset, capsys):
     rc = main(["train", "--data", str(tiny_dataset), "--arch", "resnet18", "--loss", "weighted_ce", "--epochs", "1",
-               "--img-size", "32", "--batch-size", "16", "--device", "cpu", "--json"])
+               "--img-size", "32", "--batch-size", "16", "--device", "cpu", "--pretrained", "none", "--json"])
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and out["status"] == "done"
     assert set(out) == {"run_id", "status", "best", "test"}
@@ -195,22 +195,29 @@ def test_cli_train_json_and_evaluate(tmp_path, workspace, tiny_dataset, capsys):
         (["--arch", "resnet9000"], "valid: resnet18"),
         (["--loss", "nope"], "valid: ce"),
         (["--img-size", "8"], "img_size"),
+        # ImageNet is the default; not in the (empty) hub cache and no download here:
+        ([], "--pretrained imagenet: ImageNet weights for resnet18 are not in the torch hub cache"),
+        (["--pretrained", "/no/such.pt"], "/no/such.pt: no such weights file"),
     ],
 )
-def test_cli_train_bad_input_is_one_line_exit_2(tmp_path, workspace, tiny_dataset, capsys, flags, needle):
+def test_cli_train_bad_input_is_one_line_exit_2(tmp_path, workspace, tiny_dataset, capsys, monkeypatch, flags, needle):
     if needle is None:
         pytest.skip("this machine has CUDA")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     rc = main(["train", "--data", str(tiny_dataset), "--epochs", "1", "--img-size", "32", *flags])
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    if "torch hub cache" in needle:  # says where to put the file
+        assert str(tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in err
+    assert main(["runs", "--json"]) == 0 and json.loads(capsys.readouterr().out) == []  # no run was made
 
 
 def test_cli_train_background_queues_without_training(tmp_path, workspace, tiny_dataset, capsys, monkeypatch):
     import core.runs.worker as worker
 
     monkeypatch.setattr(worker, "ensure_worker", lambda *a, **k: True)
-    rc = main(["train", "--data", str(tiny_dataset), "--epochs", "1", "--background", "--json"])
+    rc = main(["train", "--data", str(tiny_dataset), "--epochs", "1", "--background", "--pretrained", "none", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["status"] == "queued"
     from core.runs.store import RunStore
