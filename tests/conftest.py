@@ -304,7 +304,7 @@ def ray_head():
 
 @pytest.fixture(scope="session")
 def trained_demo_run(tmp_path_factory):
-    """The demo dataset and a ResNet-18 trained on it from scratch at 128 px, through the
+    """The demo dataset and a ResNet-18 trained on it from scratch at 224 px, through the
     store like any run: ``(workspace, run_id, result)``. Shared by the slow tests."""
     import socket
 
@@ -315,7 +315,7 @@ def trained_demo_run(tmp_path_factory):
 
     ws = tmp_path_factory.mktemp("trained") / "workspace"
     demo = write_demo(ws / "demo", seed=0)
-    config = RunConfig(data=demo.root, arch="resnet18", loss="weighted_ce", epochs=8, img_size=128, batch_size=32,
+    config = RunConfig(data=demo.root, arch="resnet18", loss="weighted_ce", epochs=8, img_size=224, batch_size=32,
                        lr=1e-3, schedule="onecycle", device="cpu", seed=0, name="demo-resnet18",
                        pretrained="none")
     store = RunStore(workspace=ws)

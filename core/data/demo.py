@@ -382,9 +382,10 @@ def _sample_points(rng: np.random.Generator, weights: np.ndarray, n: int = 1) ->
 def _pneumonia(
     f: _Frame, rng: np.random.Generator, lungs: list[np.ndarray], heart: np.ndarray, a: Anatomy, cp: float
 ) -> tuple[np.ndarray, list[Box | None]]:
-    """One soft, irregular consolidation somewhere inside one lung field."""
+    """One soft, irregular consolidation somewhere inside one lung field, lobar in scale: its
+    box averages 20% x 21% of the image (RSNA's pneumonia boxes: about 21% x 32%)."""
     lung = lungs[int(rng.integers(2))]
-    r = f.length(rng.uniform(0.11, 0.17))
+    r = f.length(rng.uniform(0.17, 0.26))
     depth = _depth(lung)
     [(cx, cy)] = _sample_points(rng, (depth > 0.7 * r) * (heart < 0.3) + 1e-9 * (lung > 0.5))
     blob = _blob(f, rng, cx, cy, r, int(rng.integers(4, 8)))

