@@ -17,10 +17,10 @@ In one process, on the same images and the same ResNet-18 (3 classes, 1-channel 
 - the recommended k: the smallest with mean r >= 0.9 for the surrogate fast mode.
 
 The model: ``--run RUN_ID`` (a trained run; images are its dataset's test split, positives
-with lesion boxes first), else a ResNet-18 trained here on the demo's renderer (random
-112 px crops of 224 px radiographs, lesion-centred for positives, so it learns lesions at
-the scale it later sees; kept in ``<workspace>/cache/bench/`` for later runs; its test
-accuracy at 224 px is printed), or ``--random`` for random weights (said so in the output).
+with lesion boxes first), else the bench's own demo run: a ResNet-18 trained from scratch
+on the demo at 224 px for ``--train-epochs`` epochs through ChestLab's trainer, as a user's
+run would be (about 2-3 min the first time, then kept in the workspace's run store), or
+``--random`` for random weights (said so in the output).
 
     python bench/cam.py [--run RUN_ID] [--images 20] [--lib-images 2] [--ks 8,16,32,64,128]
 
@@ -74,79 +74,43 @@ def _normalise(u8: np.ndarray) -> torch.Tensor:
     return (torch.from_numpy(u8).float().div(255.0)[:, None] - 0.449) / 0.226
 
 
-def _train_quick(epochs: int, n_patients: int, crop: int = 112, seed: int = 0) -> tuple[torch.nn.Module, str]:
-    from core.data.demo import CLASSES
-    from models import build_model
-
-    start = time.perf_counter()
-    items = [it for it in _demo_plan(n_patients) if it.split != "test"]
-    rendered = [_render(it) for it in items]
-    x_all = np.stack([r[0] for r in rendered])
-    y = torch.tensor([CLASSES.index(it.label) for it in items])
-    rng = np.random.default_rng(seed)
-
-    def crops(idx: np.ndarray) -> torch.Tensor:
-        out = np.empty((len(idx), crop, crop), np.uint8)
-        for j, i in enumerate(idx):
-            boxes = rendered[i][1]
-            if boxes:  # keep the lesion in the crop: the label must stay true
-                bx, by, bw, bh = boxes[rng.integers(len(boxes))]
-                cx, cy = (
-                    bx + bw / 2 + rng.uniform(-crop / 4, crop / 4),
-                    by + bh / 2 + rng.uniform(-crop / 4, crop / 4),
-                )
-                x0, y0 = (int(np.clip(c - crop / 2, 0, DEMO_SIZE - crop)) for c in (cx, cy))
-            else:
-                x0, y0 = rng.integers(0, DEMO_SIZE - crop + 1, 2)
-            out[j] = x_all[i, y0 : y0 + crop, x0 : x0 + crop]
-        return _normalise(out).contiguous(memory_format=torch.channels_last)
-
-    torch.manual_seed(seed)
-    model = build_model("resnet18", 3, 1).to(memory_format=torch.channels_last)
-    counts = torch.bincount(y, minlength=3).float()
-    loss_fn = torch.nn.CrossEntropyLoss(weight=len(y) / (3 * counts))
-    opt = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
-    steps = epochs * (len(y) // 32)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=max(1, steps))
-    model.train()
-    for epoch in range(epochs):
-        perm = rng.permutation(len(y))
-        for i in range(0, len(y) - 31, 32):
-            idx = perm[i : i + 32]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = model(crops(idx))
-            loss = loss_fn(out.float(), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        _print(
-            f"  quick model epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} "
-            f"({time.perf_counter() - start:.0f} s)"
-        )
-    return model.eval(), f"ResNet-18 trained here {epochs} epochs on {len(y)} demo renders (112 px crops)"
+BENCH_RUN = "bench-cam-resnet18-demo-{size}px-e{epochs}"
 
 
-def _demo_model(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
+def _demo_run(epochs: int, workspace: str | None) -> str:
+    """The id of a ResNet-18 trained from scratch on the demo at 224 px through ChestLab's own
+    trainer (what a user's run is), trained on first use and kept in the workspace's store."""
+    import socket
+
+    from core.config import RunConfig
+    from core.data.demo import write_demo
+    from core.runs.execute import execute_run
+    from core.runs.store import RunStatus, RunStore
     from core.workspace import cache_dir
+
+    name = BENCH_RUN.format(size=DEMO_SIZE, epochs=epochs)
+    store = RunStore(workspace=workspace)
+    for rec in store.list_runs():
+        if rec.name == name and rec.status is RunStatus.DONE:
+            return rec.id
+    _print(f"training {name} on the demo through ChestLab's trainer ({epochs} epochs; about 2-3 min, once)")
+    demo = write_demo(cache_dir("bench", workspace) / "demo", seed=0)
+    config = RunConfig(data=str(demo.root), arch="resnet18", pretrained="none", loss="weighted_ce", epochs=epochs,
+                       img_size=DEMO_SIZE, batch_size=32, lr=1e-3, schedule="onecycle", device="cpu", seed=0,
+                       name=name)  # fmt: skip
+    rec = store.create_run(config.to_dict(), name=name)
+    result = execute_run(store, store.claim_run(rec.id, socket.gethostname()), workspace=workspace)
+    if result["status"] != "done":
+        raise SystemExit(f"the bench's demo run {rec.id} ended {result['status']}; see its log")
+    _print(f"  val macro AUC {result['best'].get('val_auc', float('nan')):.3f}, test {result['test'].get('auc'):.3f}")
+    return rec.id
+
+
+def _random_model() -> tuple[torch.nn.Module, str]:
     from models import build_model
 
-    if args.random:
-        torch.manual_seed(0)
-        return build_model("resnet18", 3, 1).eval(), "ResNet-18 with RANDOM weights (--random)"
-    path = (
-        cache_dir("bench", args.workspace) / f"resnet18_demo_crops_e{args.train_epochs}_p{args.patients}.pt"
-    )
-    if path.exists():
-        model = build_model("resnet18", 3, 1)
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval(), f"ResNet-18 trained on demo renders (112 px crops), cached at {path}"
-    _print(f"training a quick ResNet-18 on the demo renderer ({args.train_epochs} epochs), cached at {path}")
-    model, what = _train_quick(args.train_epochs, args.patients)
-    torch.save(model.state_dict(), path)
-    # Trained channels_last; a loaded run's model is not, and the library's fp32 passes run
-    # twice as fast on channels_last weights: compare on the model users have.
-    return model.to(memory_format=torch.contiguous_format), what
+    torch.manual_seed(0)
+    return build_model("resnet18", 3, 1).eval(), "ResNet-18 with RANDOM weights (--random)"
 
 
 def _demo_images(n: int, patients: int, model: torch.nn.Module) -> tuple[list[np.ndarray], list[int], str]:
@@ -259,7 +223,7 @@ def _fast_weights(act: torch.Tensor, scores: torch.Tensor, k: int, strategy: str
 def main() -> None:  # noqa: C901 - one linear report
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
-        "--run", metavar="RUN_ID", help="a trained run (ResNet-18 expected); default: a quick demo model"
+        "--run", metavar="RUN_ID", help="a trained run (ResNet-18 expected); default: the bench's demo run"
     )
     p.add_argument("--workspace", metavar="DIR")
     p.add_argument("--random", action="store_true", help="random weights instead of a trained model")
@@ -267,8 +231,8 @@ def main() -> None:  # noqa: C901 - one linear report
     p.add_argument("--lib-images", type=int, default=2, help="images for the library's Score-CAM (slow)")
     p.add_argument("--quick-images", type=int, default=5, help="images for the per-method timings")
     p.add_argument("--ks", default="8,16,32,64,128")
-    p.add_argument("--train-epochs", type=int, default=4)
-    p.add_argument("--patients", type=int, default=300, help="demo patients for the quick model")
+    p.add_argument("--train-epochs", type=int, default=8, help="epochs of the bench's demo run (trained once)")
+    p.add_argument("--patients", type=int, default=300, help="demo patients rendered for --random")
     args = p.parse_args()
     if args.workspace:
         os.environ["CHESTLAB_WORKSPACE"] = args.workspace
@@ -282,6 +246,8 @@ def main() -> None:  # noqa: C901 - one linear report
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 native: {cpu_has_native_bf16()}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
+    if not args.run and not args.random:
+        args.run = _demo_run(args.train_epochs, args.workspace)
     if args.run:
         loaded, images, labels = _run_images(args.run, args.images, args.workspace)
         model, size = loaded.model.eval(), loaded.img_size
@@ -290,7 +256,7 @@ def main() -> None:  # noqa: C901 - one linear report
         single = bool(loaded.single_logit)
         precision = loaded.config.precision
     else:
-        model, what = _demo_model(args)
+        model, what = _random_model()
         images, labels, accuracy = _demo_images(args.images, args.patients, model)
         size, single, precision = DEMO_SIZE, False, "auto"
 
