@@ -137,7 +137,8 @@ def test_leakage_report_names_patients_and_duplicates(tmp_path, workspace):
     assert not check_leakage({"data": str(clean)}, workspace, images=False).leaks  # patients only
 
 
-TRAIN = ["--arch", "resnet18", "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu"]
+TRAIN = ["--arch", "resnet18", "--img-size", "32", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+         "--pretrained", "none"]
 
 
 def test_train_refuses_a_leaky_task_without_allow_leakage(tmp_path, workspace, capsys):
