@@ -239,6 +239,7 @@ def main() -> None:  # noqa: C901 - one linear report
 
     from core.explain.methods import LogitTarget, get_method
     from core.explain.scorecam import DEFAULT_TOP_K, score_cam
+    from core.train.allocator import tune_allocator
     from core.train.device import cpu_has_native_bf16, resolve_precision
 
     started = time.perf_counter()
@@ -246,6 +247,9 @@ def main() -> None:  # noqa: C901 - one linear report
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, bf16 native: {cpu_has_native_bf16()}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
+    # As loading a run's model does in the app and the CLI. Process-wide: the library's
+    # passes below run with it too, so the ratio compares the two under the same conditions.
+    _print(f"allocator (ours and the library's): {tune_allocator()}")
     if not args.run and not args.random:
         args.run = _demo_run(args.train_epochs, args.workspace)
     if args.run:

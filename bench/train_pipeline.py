@@ -10,10 +10,11 @@ number of epochs:
   with 2 worker processes, fp32;
 - ours: ``core.train.loop.Trainer`` exactly as ``python -m core train`` runs it (the uint8
   image cache built once, batched augmentation, bf16 autocast + channels_last where the CPU
-  has native bf16), reporting to a run folder whose metric rows give images/s and the
-  data-wait share per epoch.
+  has native bf16, the process's allocator set to reuse freed blocks: core/train/allocator.py),
+  reporting to a run folder whose metric rows give images/s and the data-wait share per epoch.
+  The notebooks' way runs first, so it keeps glibc's default allocator, as in a notebook.
 
-    python bench/train_pipeline.py [--epochs 2] [--data-dir DIR] [--max-batches N] [--profile]
+    python bench/train_pipeline.py [--epochs 8] [--data-dir DIR] [--max-batches N] [--profile]
 
 Targets on 2 cores: ours >= 3x the notebooks' images/s for ResNet-18 at 224 px with no loss of
 val AUC; data wait <= 10% of our step time. The last line is ``ratio: R`` (ours / notebooks').
@@ -576,7 +577,10 @@ def gpu_section(root: Path, s: Settings, workspace: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=2, help="epochs of both pipelines (default 2)")
+    p.add_argument(
+        "--epochs", type=int, default=8,
+        help="epochs of both pipelines (default 8: from scratch, val AUC after 2 epochs is noise)",
+    )  # fmt: skip
     p.add_argument(
         "--data-dir", type=Path, default=DEFAULT_DATA, help=f"image folder, reused (default {DEFAULT_DATA})"
     )
@@ -610,8 +614,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     warm_os_cache(args.data_dir)
     cpu = torch.device("cpu")
+    from core.train.allocator import allocator_state
+
     with tempfile.TemporaryDirectory(prefix="chestlab-bench-ws-") as ws:
         print("the notebooks' way ...", flush=True)
+        assert allocator_state() is None, "the notebooks' way must run with glibc's default allocator"
         theirs = run_notebook(args.data_dir, s, cpu, 2)
         results = [theirs]
         if args.workers0_batches:
@@ -621,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(ours)
         limit = model_alone(config)
         extra = [
-            f"model alone on random tensors (ours' precision, the limit on this CPU): {limit:.1f} images/s"
+            f"model alone on random tensors (ours' precision, the limit on this CPU): {limit:.1f} images/s",
+            f"allocator: the notebooks' way glibc's default; ours {allocator_state()}",
         ]
         if args.profile:
             extra.append(profile_our_epoch(config, data, Path(ws)))

@@ -78,9 +78,11 @@ def checkpoint_path(run_id: str, which: str = "best", workspace: Any = None) -> 
 
 def load_run_model(run_id: str, which: str = "best", workspace: Any = None, device: str = "cpu") -> LoadedModel:
     from core.config import RunConfig
+    from core.train.allocator import tune_allocator
     from core.train.loop import build_run_model
 
     path = checkpoint_path(run_id, which, workspace)
+    tune_allocator()  # a loaded model runs many forward passes here (predictions, CAMs)
     with _LOCK:
         state = load_checkpoint(path)
         config = RunConfig.from_dict(state["config"]).replace(pretrained="none")

@@ -171,12 +171,14 @@ class Trainer:
     # -- setup --------------------------------------------------------------------------
 
     def setup(self) -> None:
+        from core.train.allocator import tune_allocator
         from core.train.augment import build_augment
         from core.train.losses import build_loss, get_loss
         from core.train.optim import build_optimizer, build_schedule, param_groups
         from core.train.samplers import build_sampler
 
         c = self.config
+        self.allocator = tune_allocator()
         seed_everything(c.seed)
         self.device = resolve_device(c.device)
         self.precision = resolve_precision(c.precision, self.device)
@@ -216,6 +218,7 @@ class Trainer:
             classes=self.classes,
             device=device_summary(self.device),
             precision=self.precision.name,
+            allocator=self.allocator,
             n_images={s: len(v) for s, v in d.splits.items()},
             train_class_counts=d.train_counts,
             loss_weights=self.built_loss.weights_used,
