@@ -303,19 +303,25 @@ def ray_head():
 
 
 @pytest.fixture(scope="session")
-def trained_demo_run(tmp_path_factory):
-    """The demo dataset and a ResNet-18 trained on it from scratch at 224 px, through the
-    store like any run: ``(workspace, run_id, result)``. Shared by the slow tests."""
+def demo_root(tmp_path_factory) -> Path:
+    """The full demo dataset (1,000 images), written once per session."""
+    from core.data.demo import write_demo
+
+    return Path(write_demo(tmp_path_factory.mktemp("demo") / "demo", seed=0).root)
+
+
+@pytest.fixture(scope="session")
+def trained_demo_run(tmp_path_factory, demo_root):
+    """A ResNet-18 trained from scratch at 224 px on the demo dataset, through the store
+    like any run: ``(workspace, run_id, result)``. Shared by the slow tests."""
     import socket
 
     from core.config import RunConfig
-    from core.data.demo import write_demo
     from core.runs.execute import execute_run
     from core.runs.store import RunStore
 
     ws = tmp_path_factory.mktemp("trained") / "workspace"
-    demo = write_demo(ws / "demo", seed=0)
-    config = RunConfig(data=demo.root, arch="resnet18", loss="weighted_ce", epochs=8, img_size=224, batch_size=32,
+    config = RunConfig(data=str(demo_root), arch="resnet18", loss="weighted_ce", epochs=8, img_size=224, batch_size=32,
                        lr=1e-3, schedule="onecycle", device="cpu", seed=0, name="demo-resnet18",
                        pretrained="none")
     store = RunStore(workspace=ws)
