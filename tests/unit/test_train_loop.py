@@ -128,8 +128,10 @@ def test_pickled_model_checkpoint_is_refused_not_executed(tmp_path):
         load_checkpoint(path)
     assert not marker.exists()
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")
-    with pytest.raises(DataError, match="refusing"):
+    with pytest.raises(DataError, match="refusing") as err:
         load_checkpoint(tmp_path / "module.pt")
+    assert "(torch.nn.modules.linear.Linear)" in str(err.value)  # names what the file holds
+    assert "\x1b" not in str(err.value)  # no terminal colour codes from torch's message
 
 
 def test_checkpoint_round_trip_is_atomic(tmp_path):
