@@ -80,11 +80,9 @@ BENCH_RUN = "bench-cam-resnet18-demo-{size}px-e{epochs}"
 def _demo_run(epochs: int, workspace: str | None) -> str:
     """The id of a ResNet-18 trained from scratch on the demo at 224 px through ChestLab's own
     trainer (what a user's run is), trained on first use and kept in the workspace's store."""
-    import socket
-
     from core.config import RunConfig
     from core.data.demo import write_demo
-    from core.runs.execute import execute_run
+    from core.runs.execute import execute_run, start_here
     from core.runs.store import RunStatus, RunStore
     from core.workspace import cache_dir
 
@@ -98,8 +96,8 @@ def _demo_run(epochs: int, workspace: str | None) -> str:
     config = RunConfig(data=str(demo.root), arch="resnet18", pretrained="none", loss="weighted_ce", epochs=epochs,
                        img_size=DEMO_SIZE, batch_size=32, lr=1e-3, schedule="onecycle", device="cpu", seed=0,
                        name=name)  # fmt: skip
-    rec = store.create_run(config.to_dict(), name=name)
-    result = execute_run(store, store.claim_run(rec.id, socket.gethostname()), workspace=workspace)
+    rec = start_here(store, config)
+    result = execute_run(store, rec, workspace=workspace)
     if result["status"] != "done":
         raise SystemExit(f"the bench's demo run {rec.id} ended {result['status']}; see its log")
     _print(f"  val macro AUC {result['best'].get('val_auc', float('nan')):.3f}, test {result['test'].get('auc'):.3f}")

@@ -314,10 +314,8 @@ def demo_root(tmp_path_factory) -> Path:
 def trained_demo_run(tmp_path_factory, demo_root):
     """A ResNet-18 trained from scratch at 224 px on the demo dataset, through the store
     like any run: ``(workspace, run_id, result)``. Shared by the slow tests."""
-    import socket
-
     from core.config import RunConfig
-    from core.runs.execute import execute_run
+    from core.runs.execute import execute_run, start_here
     from core.runs.store import RunStore
 
     ws = tmp_path_factory.mktemp("trained") / "workspace"
@@ -325,7 +323,6 @@ def trained_demo_run(tmp_path_factory, demo_root):
                        lr=1e-3, schedule="onecycle", device="cpu", seed=0, name="demo-resnet18",
                        pretrained="none")
     store = RunStore(workspace=ws)
-    rec = store.create_run(config.to_dict(), name=config.name)
-    rec = store.claim_run(rec.id, socket.gethostname())
+    rec = start_here(store, config)
     result = execute_run(store, rec, workspace=ws)
     return ws, rec.id, result

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -154,7 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # On a cluster node: before torch loads, the store opens or a run folder is made there.
         check_workspace()
     from core.evaluate.leakage import record_leakage
-    from core.runs.execute import execute_run
+    from core.runs.execute import execute_run, start_here
     from core.runs.store import RunStore
     from core.runs.submit import submit_run
     from core.train.device import resolve_device
@@ -175,8 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rec = submit_run(config, store=store)
         record_leakage(rec.id, leakage, store=store)
         return {"run_id": rec.id, "status": rec.status.value}
-    rec = store.create_run(config.to_dict(), name=config.display_name, tags=config.tags)
-    record_leakage(rec.id, leakage, store=store)
-    record = store.claim_run(rec.id, socket.gethostname())
+    record = start_here(store, config)
+    record_leakage(record.id, leakage, store=store)
     with TqdmReporter(config.epochs, monitor=config.monitor, enabled=sys.stderr.isatty()) as bar:
         return execute_run(store, record, extra_reporters=(bar,), log_file=True)

@@ -73,6 +73,14 @@ def check_paths(record: RunRecord, workspace: Any = None) -> None:
             raise DataError(f"{what} {path} not found on {where}: {hint}")
 
 
+def start_here(store: RunStore, config: Any) -> RunRecord:
+    """A new run of ``config`` (a RunConfig), claimed at once by this process on this host:
+    what a foreground ``train`` runs with ``execute_run`` (no worker ever sees it queued
+    for longer than the two statements take)."""
+    rec = store.create_run(config.to_dict(), name=config.display_name, tags=config.tags)
+    return store.claim_run(rec.id, socket.gethostname())
+
+
 def execute_run(
     store: RunStore,
     record: RunRecord,
