@@ -175,14 +175,19 @@ def read_state_dict(path: Path) -> StateDict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
         raise WeightsFileError(
-            f"{path} holds a pickled model object{what}, not a state_dict; refusing to execute it"
+            f"{path} holds a pickled model object{pickled_class(exc)}, not a state_dict; refusing to execute it"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
         raise WeightsFileError(f"{path} is not a readable PyTorch weights file ({exc})") from None
     return _as_state_dict(obj, path)
+
+
+def pickled_class(exc: pickle.UnpicklingError) -> str:
+    """`` (module.Class)`` of the object ``torch.load(weights_only=True)`` refused, or ""
+    (torch's own message is a page of advice with terminal colour codes)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f" ({found.group(1)})" if found else ""
 
 
 def _as_state_dict(obj: object, path: Path) -> StateDict:

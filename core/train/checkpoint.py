@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,11 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # torch's own message is a page of advice with terminal colour codes; the class it
-        # met is what the user needs to recognise the file.
-        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
+        from models.pretrained import pickled_class
+
         raise DataError(
-            f"{path}: holds pickled Python objects{what}, not plain weights; refusing to execute it "
-            "(save model.state_dict() instead)"
+            f"{path}: holds pickled Python objects{pickled_class(exc)}, not plain weights; refusing to execute "
+            "it (save model.state_dict() instead)"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
         raise DataError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:160]})") from None
