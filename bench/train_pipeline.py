@@ -142,18 +142,6 @@ class Result:
         return float(np.mean(self.seconds)) if self.seconds and self.whole_epochs else math.nan
 
 
-def macro_auc(targets: np.ndarray, probs: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(np.unique(targets)) < 2:
-        return math.nan
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(targets, probs[:, 1]))
-    return float(
-        roc_auc_score(targets, probs, multi_class="ovr", average="macro", labels=range(probs.shape[1]))
-    )
-
-
 def warm_up(
     model: Any, device: Any, batch_size: int, img_size: int, autocast: Any, channels_last: bool
 ) -> None:
@@ -288,7 +276,11 @@ def notebook_val_auc(model: Any, loader: Any, device: Any) -> float:
         for x, y in loader:
             probs.append(torch.softmax(model(x.to(device)), dim=1).cpu())
             targets.append(y)
-    return macro_auc(torch.cat(targets).numpy(), torch.cat(probs).numpy())
+    # The metric our runs report (core.train.metrics), so the two val AUCs compare like for like.
+    from core.train.metrics import classification_metrics
+
+    p = torch.cat(probs).numpy()
+    return classification_metrics(torch.cat(targets).numpy(), p, [str(c) for c in range(p.shape[1])])["auc"]
 
 
 def run_notebook(root: Path, s: Settings, device: Any, workers: int) -> Result:
