@@ -25,7 +25,6 @@ from tests.apptest import open_page
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "pages" / "compare.py")
-TIMEOUT = 60
 CLASSES = ("normal", "pneumonia")
 N = {"train": 20, "val": 160, "test": 160}
 INTERVAL = re.compile(r"^\d\.\d\d \[\d\.\d\d-\d\.\d\d\]$")
@@ -116,7 +115,7 @@ def two_seeds(workspace, dataset):
 
 
 def _page() -> AppTest:
-    return open_page(PAGE, TIMEOUT)
+    return open_page(PAGE)
 
 
 def _open_tab(at: AppTest, name: str) -> None:

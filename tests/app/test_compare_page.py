@@ -17,12 +17,11 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.apptest import TIMEOUT, open_page
 from tests.apptest import assert_clean as _ok
-from tests.apptest import open_page
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "pages" / "compare.py")
-TIMEOUT = 60
 CLASSES = ("normal", "pneumonia")
 
 
@@ -91,7 +90,7 @@ def _running(store, name: str = "running", aucs=(0.55, 0.7)) -> str:
 
 
 def _page() -> AppTest:
-    return open_page(PAGE, TIMEOUT)
+    return open_page(PAGE)
 
 
 def _array(value) -> list:

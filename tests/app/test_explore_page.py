@@ -13,11 +13,10 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.apptest import TIMEOUT, open_page
 from tests.apptest import assert_clean as _ok
-from tests.apptest import open_page
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explore.py")
-TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def app(workspace, demo_root) -> AppTest:
     from core.data import catalog
 
     catalog.register_dataset(demo_root, name="demo")
-    return open_page(PAGE, TIMEOUT)
+    return open_page(PAGE)
 
 
 def _open_tab(at: AppTest, name: str) -> AppTest:

@@ -18,7 +18,6 @@ from tests.apptest import assert_clean as _ok
 from tests.apptest import open_page
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "explore.py")
-TIMEOUT = 60
 N = 30  # images per class: above the probe's 10 groups per class, enough for 5 folds
 
 
@@ -43,7 +42,7 @@ def app(workspace, tmp_path) -> AppTest:
 
     catalog.register_dataset(_write(tmp_path / "planted", True, 0), name="planted")
     catalog.register_dataset(_write(tmp_path / "alike", False, 1), name="alike")
-    return open_page(PAGE, TIMEOUT)
+    return open_page(PAGE)
 
 
 def _open_probe(at: AppTest) -> None:

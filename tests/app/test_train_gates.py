@@ -18,10 +18,10 @@ from PIL import Image
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from tests.apptest import TIMEOUT
 from tests.conftest import free_port  # noqa: E402
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "train.py")
-TIMEOUT = 60
 
 
 def _write(root: Path, split: str, rng: np.random.Generator, n: int = 6) -> None:

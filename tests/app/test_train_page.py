@@ -19,7 +19,6 @@ from tests.apptest import assert_clean as _ok
 from tests.apptest import open_page
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "train.py")
-TIMEOUT = 60
 COUNTS = {"train": (12, 6), "val": (4, 4), "test": (4, 4)}  # (normal, pneumonia)
 
 
@@ -62,7 +61,7 @@ def store(workspace):
 
 
 def _page() -> AppTest:
-    return open_page(PAGE, TIMEOUT)
+    return open_page(PAGE)
 
 
 def _launch(at: AppTest, label: str = "Launch 1 run") -> AppTest:
