@@ -52,22 +52,21 @@ def localisation(trained_demo_run):
     ws, run_id, _ = trained_demo_run
     model = load_run_model(run_id, workspace=ws)
     items = sv.split_items(model, "test", workspace=ws)
+    images = [read_gray(item.path) for item in items]
+    boxes = [
+        sc.boxes_to_map(item.boxes, image.shape[1], image.shape[0], model.img_size)
+        for item, image in zip(items, images, strict=True)
+    ]
     out: dict[str, dict[str, float]] = {}
-    blob, chance = [], []
     for layer in ("layer3", None):
         energy, hits = [], []
-        for item in items:
-            image = read_gray(item.path)
-            boxes = sc.boxes_to_map(item.boxes, image.shape[1], image.shape[0], model.img_size)
+        for item, image, box in zip(items, images, boxes, strict=True):
             (res,) = sv.explain(model, image, ["gradcam"], "true", layer, true_index=item.true_index, cache=False)
-            energy.append(sc.energy_in_box(res.cam, boxes))
-            hits.append(sc.pointing_game(res.cam, boxes))
-            if layer is None:
-                blob.append(_blob_energy(model.img_size, boxes))
-                chance.append(_chance_hit(model.img_size, boxes))
+            energy.append(sc.energy_in_box(res.cam, box))
+            hits.append(sc.pointing_game(res.cam, box))
         out[layer or "default"] = {"energy": float(np.mean(energy)), "pointing": float(np.mean(hits))}
-    out["blob"] = {"energy": float(np.mean(blob))}
-    out["chance"] = {"pointing": float(np.mean(chance))}
+    out["blob"] = {"energy": float(np.mean([_blob_energy(model.img_size, b) for b in boxes]))}
+    out["chance"] = {"pointing": float(np.mean([_chance_hit(model.img_size, b) for b in boxes]))}
     print(f"\n{len(items)} positive test images: {out}")
     return out
 
