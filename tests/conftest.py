@@ -74,12 +74,21 @@ def unavailable(reason: str):
     pytest.skip(reason)
 
 
-def free_port() -> int:
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports. All are held open until every one is chosen:
+    asking one at a time may hand back the same just-released port twice."""
     import socket
+    from contextlib import ExitStack
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def _as_server_user(argv: list[str]) -> list[str]:
@@ -240,9 +249,27 @@ class RayHead:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
-def start_ray_head(num_cpus: int = 2, timeout_s: float = 180.0) -> RayHead:
+class _PortClash(ServerUnavailable):
+    """The head could not start because one of its ports was taken."""
+
+
+def start_ray_head(num_cpus: int = 2, timeout_s: float = 180.0, attempts: int = 3) -> RayHead:
     """A local Ray head on loopback: free ports, its own temp dir, usage stats off, jobs on
-    this environment's Python. Raises ServerUnavailable with the reason."""
+    this environment's Python. Raises ServerUnavailable with the reason.
+
+    Ray picks some of its ports at random; one of them can land on a port chosen here (CI
+    saw the GCS take the dashboard's). A start that fails on a port clash is retried with
+    fresh ports; any other failure is reported at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _start_ray_head_once(num_cpus, timeout_s)
+        except _PortClash as exc:
+            if attempt == attempts:
+                raise ServerUnavailable(f"{exc} (port clash on all {attempts} attempts)") from None
+    raise AssertionError("unreachable")
+
+
+def _start_ray_head_once(num_cpus: int, timeout_s: float) -> RayHead:
     import importlib.util
     import subprocess
     import sys
@@ -257,14 +284,14 @@ def start_ray_head(num_cpus: int = 2, timeout_s: float = 180.0) -> RayHead:
 
     temp_dir = Path(tempfile.mkdtemp(prefix="chestlab-ray-", dir="/tmp"))  # short: Ray's socket paths
     log = temp_dir / "head.log"
-    dash_port = free_port()
+    gcs_port, dash_port, client_port, agent_port = free_ports(4)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHESTLAB_")}
     # Jobs run `python`: the head's PATH must lead to this environment's interpreter.
     env.update(PATH=f"{ray_bin.parent}{os.pathsep}{env.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0")
     argv = [str(ray_bin), "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", str(num_cpus),
-            "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--port", str(free_port()), "--dashboard-host",
-            "127.0.0.1", "--dashboard-port", str(dash_port), "--ray-client-server-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--temp-dir", str(temp_dir)]
+            "--num-gpus", "0", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port), "--dashboard-host",
+            "127.0.0.1", "--dashboard-port", str(dash_port), "--ray-client-server-port", str(client_port),
+            "--dashboard-agent-listen-port", str(agent_port), "--temp-dir", str(temp_dir)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=temp_dir)
@@ -280,7 +307,8 @@ def start_ray_head(num_cpus: int = 2, timeout_s: float = 180.0) -> RayHead:
         if reason:
             tail = log.read_text(errors="replace")[-800:]
             head.stop()
-            raise ServerUnavailable(f"{reason}: {tail}")
+            clash = "is used by other components" in tail or "address already in use" in tail.lower()
+            raise (_PortClash if clash else ServerUnavailable)(f"{reason}: {tail}")
         try:
             if any(n.get("state") == "ALIVE" for n in dash.nodes()):
                 dash.jobs()
