@@ -5,9 +5,12 @@ In one process, on the same images and the same ResNet-18 (3 classes, 1-channel 
 - seconds per map of every method (Grad-CAM family and Eigen-CAM on a few images,
   Ablation-CAM on one);
 - pytorch-grad-cam's ``ScoreCAM`` at its defaults (batch 16, fp32) against our full
-  Score-CAM, interleaved image by image on ``--lib-images`` images (the library takes about
-  a minute per map at 224 px here; its per-map time hardly varies between images, so a few
-  images give it), and their agreement;
+  Score-CAM, interleaved image by image on ``--lib-images`` images (the library takes 6-8 s
+  per map at 224 px here; its per-map time hardly varies between images, so a few images
+  give it), and their agreement;
+- the arithmetic floor of an exact map: one forward pass per live channel times the
+  model's FLOPs, at this CPU's measured matrix-product peak (the best of three sizes), and
+  so the most any exact Score-CAM could gain over the library on this machine;
 - our full Score-CAM on ``--images`` images and the fast mode's agreement with it for each
   k in ``--ks``: the Pearson r of the maps and the IoU of their top-20% regions, for our
   surrogate fast mode and for plain top-k (the rest weighted 0). Fast-mode maps for the
@@ -169,12 +172,68 @@ def _timed(fn: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
+def _macs_per_forward(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds of one forward pass of ``x`` (1, C, S, S): every Conv2d and Linear."""
+    total = [0]
+
+    def count(module: torch.nn.Module, args: Any, out: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total[0] += out.numel() * per_output
+        else:
+            total[0] += out.numel() * module.in_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros_like(x))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def _gemm_peak(dtype: torch.dtype) -> float:
+    """FLOP/s of this CPU's best case: square matrix products in ``dtype``, the best of
+    several sizes (a size that fits the caches runs closest to the CPU's peak)."""
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        reps = max(2, round(10 * (2048 / n) ** 3))
+        for _ in range(3):
+            a @ b
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
 def _assemble(activation: torch.Tensor, weights: np.ndarray, size: int) -> np.ndarray:
     """BaseCAM's finishing: weighted sum, ReLU, min-max, resize."""
     from pytorch_grad_cam.utils.image import scale_cam_image
 
     cam = np.maximum((weights[:, None, None] * activation.cpu().numpy()).sum(axis=0), 0)
     return np.clip(scale_cam_image(cam[None], (size, size))[0], 0, 1)
+
+
+def _activation(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """layer4's activation (C, h, w) for one image."""
+    grabbed = {}
+    handle = model.layer4.register_forward_hook(lambda m, a, o: grabbed.__setitem__("a", o.detach()))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        handle.remove()
+    return grabbed["a"][0].float()
+
+
+def _live_channels(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Channels of layer4 that are not constant: one masked forward pass each."""
+    flat = _activation(model, x).flatten(1)
+    return int((flat.amax(1) != flat.amin(1)).sum())
 
 
 def _full_scores(
@@ -184,14 +243,7 @@ def _full_scores(
     from core.explain.scorecam import choose_batch, inference_model, masked_scores
 
     inf = inference_model(model, precision)
-    grabbed = {}
-    handle = model.layer4.register_forward_hook(lambda m, a, o: grabbed.__setitem__("a", o.detach()))
-    try:
-        with torch.inference_mode():
-            model(x)
-    finally:
-        handle.remove()
-    act = grabbed["a"][0].float()
+    act = _activation(model, x)
     flat = act.flatten(1)
     live = torch.nonzero(flat.amax(1) != flat.amin(1)).flatten()
     scores = torch.full((act.shape[0],), float("-inf"))
@@ -365,6 +417,19 @@ def main() -> None:  # noqa: C901 - one linear report
     _print(f"  full mode: {full_s:.2f} s per map (median of {len(xs)})")
     _print(
         f"  recommended k (smallest with mean r >= {TARGETS['fast_r']}): {recommended}; default k: {DEFAULT_TOP_K}"
+    )
+
+    # The arithmetic floor: an exact Score-CAM runs one forward pass per live channel, so no
+    # implementation on this CPU can beat (passes x FLOPs per pass) / (its peak FLOP/s).
+    live = statistics.mean(_live_channels(model, xs[i]) for i in range(len(lib_t)))
+    flops = 2 * _macs_per_forward(model, xs[0])
+    peak = _gemm_peak(torch.bfloat16 if prec.name == "bf16" else torch.float32)
+    floor_s = live * flops / peak
+    _print(
+        f"\narithmetic floor of an exact map: {live:.0f} passes x {flops / 1e9:.2f} GFLOP at this CPU's "
+        f"{prec.name} matrix-product peak of {peak / 1e9:.0f} GFLOP/s = {floor_s:.2f} s; ours runs at "
+        f"{floor_s / ours_s:.0%} of it; the most any exact Score-CAM can gain over the library here: "
+        f"{lib_s / floor_s:.2f}x"
     )
 
     _print("\nsummary")
