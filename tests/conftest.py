@@ -53,6 +53,30 @@ def write_tiny_dataset(root: Path, n_per_class: int = 24, size: int = 48, classe
     return root
 
 
+def write_boxed_dataset(root: Path, n: int = 3, size: int = 64) -> Path:
+    """A manifest dataset (``manifest.csv`` + ``boxes.csv``) of gray PNGs, ``n`` per class and
+    split, where each 'opacity' image has a bright square and its box."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows, boxes = ["path,label,split"], ["path,x,y,width,height"]
+    for split in ("train", "val", "test"):
+        for label in ("normal", "opacity"):
+            for i in range(n):
+                img = rng.normal(90, 10, (size, size + 16))
+                name = f"{split}_{label}_{i}.png"
+                if label == "opacity":
+                    x, y = 10 + 6 * i, 20
+                    img[y : y + 16, x : x + 16] += 120
+                    boxes.append(f"{name},{x},{y},16,16")
+                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name)
+                rows.append(f"{name},{label},{split}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (root / "boxes.csv").write_text("\n".join(boxes) + "\n")
+    return root
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
     return write_tiny_dataset(tmp_path / "tiny")

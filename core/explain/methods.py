@@ -162,6 +162,12 @@ def finish_map(cam: np.ndarray) -> np.ndarray:
     return np.clip(cam, 0.0, 1.0)
 
 
+def load_library() -> None:
+    """Import pytorch-grad-cam now (1.5-3 s the first time: it pulls in OpenCV and more),
+    so that a timed map does not include it: callers that time methods load it first."""
+    import pytorch_grad_cam  # noqa: F401
+
+
 def _library(cls_name: str, needs_gradients: bool, **init: Any) -> ComputeFn:
     def compute(
         model: nn.Module,

@@ -27,7 +27,7 @@ from torch import nn
 
 from core.errors import ConfigError, DataError
 from core.explain.cache import MapCache, MapKey, default_cache, image_hash
-from core.explain.methods import LogitTarget, get_method
+from core.explain.methods import LogitTarget, get_method, load_library
 from core.explain.scorecam import DEFAULT_CRITERION, DEFAULT_STRATEGY, DEFAULT_TOP_K
 from core.progress import ProgressFn, no_progress
 
@@ -211,6 +211,7 @@ def explain(
     specs = [get_method(m) for m in methods]
     names = layer_names(loaded.arch, layer)
     store = _cache_for(loaded, cache)
+    load_library()  # its import is not any method's time
     with model_lock(loaded.model):
         x = loaded.to_input(image)
         probs = loaded.predict_proba(x)[0]

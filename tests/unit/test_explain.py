@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from core.explain import scores as sc
 from core.explain.cache import MapCache, MapKey, image_hash
 from core.explain.methods import LogitTarget, get_method, list_methods
 from models import build_model, get_arch, get_submodule, list_archs
+from tests.conftest import ROOT, write_boxed_dataset
 
 SIZE = 64
 # The library's perturbation methods run one forward pass per channel of the target layer,
@@ -365,26 +368,6 @@ def test_cache_keeps_maps_in_memory_and_on_disk(tmp_path):
 # ---------------------------------------------------------------- a run on disk
 
 
-def _write_dataset(root: Path, n: int = 3, size: int = 64) -> Path:
-    """A manifest dataset of gray PNGs (a bright square on 'opacity' images) with boxes."""
-    rng = np.random.default_rng(0)
-    rows, boxes = ["path,label,split"], ["path,x,y,width,height"]
-    for split in ("train", "val", "test"):
-        for label in ("normal", "opacity"):
-            for i in range(n):
-                img = rng.normal(90, 10, (size, size + 16))
-                name = f"{split}_{label}_{i}.png"
-                if label == "opacity":
-                    x, y = 10 + 6 * i, 20
-                    img[y : y + 16, x : x + 16] += 120
-                    boxes.append(f"{name},{x},{y},16,16")
-                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name)
-                rows.append(f"{name},{label},{split}")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (root / "boxes.csv").write_text("\n".join(boxes) + "\n")
-    return root
-
-
 def _write_run(
     workspace: Path, data: Path, run_id: str, arch: str = "resnet18", single: bool = False
 ) -> None:
@@ -418,7 +401,7 @@ def _write_run(
 def run(workspace, tmp_path) -> tuple[Path, Path]:
     data = tmp_path / "data"
     data.mkdir()
-    _write_dataset(data)
+    write_boxed_dataset(data)
     _write_run(workspace, data, "r1")
     return workspace, data
 
@@ -543,3 +526,34 @@ def test_cam_command_refuses_classic_cam_without_a_gap_linear_head(run):
     _write_run(workspace, data, "mobile", arch="mobilenet_v3_large")
     code, _, err = _cli("cam", "mobile", str(data / "test_opacity_0.png"), "--methods", "cam")
     assert code == 2 and "classic CAM needs a global-average-pool + linear head" in err
+
+
+def test_a_maps_seconds_never_include_importing_the_library(run):
+    """The first map of a process used to report ~1.8 s for Grad-CAM (0.02 s after): the
+    import of pytorch-grad-cam was timed with it. In a fresh process, the library must be
+    imported before explain() first reads the clock."""
+    workspace, data = run
+    script = f"""
+import sys, time
+import numpy as np
+from PIL import Image
+from core.evaluate.predict import load_run_model
+from core.explain import service
+assert "pytorch_grad_cam" not in sys.modules
+loaded = load_run_model("r1", workspace={str(workspace)!r})
+image = np.asarray(Image.open({str(data / "test_opacity_0.png")!r}))
+seen = []
+real = time.perf_counter
+class Clock:
+    @staticmethod
+    def perf_counter():
+        seen.append("pytorch_grad_cam" in sys.modules)
+        return real()
+service.time = Clock
+result = service.explain(loaded, image, ["gradcam"], cache=False)[0]
+assert result.cam is not None and seen, seen
+print("imported before the clock:", seen[0])
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "imported before the clock: True" in out.stdout
