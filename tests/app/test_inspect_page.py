@@ -1,0 +1,122 @@
+"""The Inspect page in AppTest, on runs trained through ChestLab's trainer: pick runs, an
+image with a lesion box and three methods; the grid renders with each cell's seconds,
+energy in the box and pointing game; opacity changes never recompute; the error list."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+
+from tests.apptest import assert_clean, open_page  # noqa: E402
+from tests.conftest import write_boxed_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = str(ROOT / "pages" / "inspect.py")
+CELL = re.compile(r"^\*\*(?P<method>[\w+-]+)\*\* · (?P<s>[\d.]+) s(?P<cached> \(cached\))?(?P<rest>.*) · target \w+$")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A workspace with two finished runs (ResNet-18, 1 epoch at 64 px) on a dataset with
+    lesion boxes: (workspace, {name: run id})."""
+    from core.config import RunConfig
+    from core.runs.execute import execute_run, start_here
+    from core.runs.store import RunStore
+
+    root = tmp_path_factory.mktemp("inspect")
+    data = root / "data"
+    data.mkdir()
+    write_boxed_dataset(data, n=4)
+    ws = root / "workspace"
+    ids = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHESTLAB_WORKSPACE", str(ws))
+        store = RunStore(workspace=ws)
+        for name, loss in (("insp-wce", "weighted_ce"), ("insp-focal", "focal")):
+            config = RunConfig(data=str(data), format="csv", arch="resnet18", loss=loss, epochs=1, img_size=64,
+                               batch_size=8, lr=1e-3, device="cpu", seed=0, name=name, pretrained="none")  # fmt: skip
+            rec = start_here(store, config)
+            result = execute_run(store, rec, workspace=ws)
+            assert result["status"] == "done", result
+            ids[name] = rec.id
+    return ws, ids
+
+
+@pytest.fixture
+def page(trained, monkeypatch):
+    ws, ids = trained
+    monkeypatch.setenv("CHESTLAB_WORKSPACE", str(ws))
+    return open_page(PAGE), ids
+
+
+def _cells(at) -> list[dict[str, str]]:
+    return [m.groupdict() for c in at.caption if (m := CELL.match(c.value))]
+
+
+def test_two_runs_an_image_with_a_box_and_three_methods_render_a_grid(page):
+    at, ids = page
+    # the default: the newest finished run, the first test image, three methods
+    assert [c["method"] for c in _cells(at)] == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
+
+    at.multiselect(key="insp_runs").set_value(list(ids.values())).run()
+    at.multiselect(key="insp_true").set_value(["opacity"]).run()  # images with a lesion box
+    at.multiselect(key="insp_methods").set_value(["cam", "gradcam", "scorecam"]).run()
+    assert_clean(at)
+    cells = _cells(at)
+    assert [c["method"] for c in cells] == ["CAM", "Grad-CAM", "Score-CAM"] * 2
+    for c in cells:
+        assert re.search(r"energy in box \d\.\d\d · peak in box: (yes|no)", c["rest"]), c
+    assert any(not c["cached"] for c in cells)  # computed here, not all read back
+    assert "top 32 channels" in cells[2]["rest"]  # Score-CAM's fast mode, with its k
+    titles = [m.value for m in at.markdown if m.value.startswith("**insp-")]
+    assert len(titles) == 2 and all(any(i in t for t in titles) for i in ids.values())
+    assert at.get("plotly_chart")  # the class probabilities of both runs
+
+    # opacity and colormap only repaint: every map comes from the cache
+    at.slider(key="insp_opacity").set_value(0.8).run()
+    at.selectbox(key="insp_cmap").set_value(at.selectbox(key="insp_cmap").options[-1]).run()
+    assert_clean(at)
+    again = _cells(at)
+    assert len(again) == 6 and all(c["cached"] for c in again)
+
+    # the transpose: methods as rows, the same six cells, each caption naming its run
+    at.toggle(key="insp_transpose").set_value(True).run()
+    assert_clean(at)
+    transposed = [c.value for c in at.caption if " · target " in c.value]
+    assert len(transposed) == 6 and all(c.startswith(("insp-wce: ", "insp-focal: ")) for c in transposed)
+
+
+def test_the_most_confident_mistakes_are_one_click_away(page, trained):
+    """Both error lists against the run's own predictions file. (After one epoch these runs
+    call every test image opacity: 4 false positives, no false negative, so both the
+    table and the empty state are exercised.)"""
+    import pandas as pd
+
+    at, ids = page
+    ws, _ = trained
+    run = ids["insp-focal"]  # the newest finished run: the page's default
+    preds = pd.read_csv(ws / "runs" / run / "predictions_test.csv")
+    assert len(preds) == 8
+    seen = set()
+    for kind, button, ascending in (("false positives", "insp_fp", False), ("false negatives", "insp_fn", True)):
+        at.button(key=button).click().run()
+        assert_clean(at)
+        if kind == "false positives":
+            wrong = preds[(preds["pred_class"] == "opacity") & (preds["true_class"] != "opacity")]
+        else:
+            wrong = preds[(preds["true_class"] == "opacity") & (preds["pred_class"] != "opacity")]
+        note = [c.value for c in at.caption if kind in c.value]
+        assert note and note[0].startswith(f"{len(wrong)} {kind} for opacity on test"), note
+        if len(wrong):
+            table = at.dataframe[0].value
+            assert len(table) == len(wrong)
+            want = sorted(wrong["prob/opacity"], reverse=not ascending)  # most confident mistake first
+            assert list(table["prob/opacity"]) == pytest.approx(want, abs=1e-6)
+        else:
+            assert any("No image matches" in i.value for i in at.info)
+        seen.add(bool(len(wrong)))
+    assert seen == {True, False}
