@@ -55,6 +55,11 @@ class TrainingData:
 
 def load_task_table(config: RunConfig, workspace: Any = None, progress: ProgressFn = no_progress) -> tuple[pd.DataFrame, list[str]]:
     """Scan the config's dataset (cached) and apply its task."""
+    table, classes, _ = _scan_task(config, workspace, progress)
+    return table, classes
+
+
+def _scan_task(config: RunConfig, workspace: Any, progress: ProgressFn) -> tuple[pd.DataFrame, list[str], Any]:
     from core.data.index import scan
 
     if not config.data:
@@ -67,15 +72,18 @@ def load_task_table(config: RunConfig, workspace: Any = None, progress: Progress
         raise ConfigError(
             f"dataset {config.data}: the task leaves one class ({classes[0]!r}); training needs at least two"
         )
-    return table, classes
+    return table, classes, report
 
 
 def prepare_data(config: RunConfig, workspace: Any = None, progress: ProgressFn = no_progress) -> TrainingData:
-    table, classes = load_task_table(config, workspace, progress)
+    table, classes, report = _scan_task(config, workspace, progress)
     cache = build_cache(table["path"].tolist(), config.img_size, workspace=workspace, progress=progress)
     rows = cache.rows(table["path"].tolist())
     good = cache.ok[rows]
-    skipped = [f for f in cache.failures if f["path"] in set(table["path"])]
+    # What the run could not use, with the reason: files the scan rejected (unreadable,
+    # truncated, not an image) and files the cache could not decode.
+    skipped = [{"path": s.path, "reason": s.reason} for s in report.skipped]
+    skipped += [f for f in cache.failures if f["path"] in set(table["path"])]
     splits: dict[str, SplitData] = {}
     for s in SPLITS:
         m = (table["split"].to_numpy() == s) & good

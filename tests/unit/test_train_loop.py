@@ -3,6 +3,7 @@ checkpoints are safe, bad images are reported, the CLI speaks JSON."""
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 
 import numpy as np
@@ -140,16 +141,20 @@ def test_checkpoint_round_trip_is_atomic(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temp files left behind
 
 
-def test_a_corrupt_training_image_is_reported_not_fatal(tmp_path, workspace, tiny_dataset):
+def test_a_corrupt_training_image_is_reported_not_fatal(tmp_path, workspace, tiny_dataset, caplog):
     bad = tiny_dataset / "train" / "opacity" / "zz_corrupt.png"
     good = (tiny_dataset / "train" / "opacity").glob("*.png").__next__().read_bytes()
     bad.write_bytes(good[: len(good) // 2])  # truncated PNG
-    res, run_dir = _fit(tmp_path, workspace, data=tiny_dataset, loss="ce")
+    with caplog.at_level(logging.WARNING, logger="core.train.loop"):
+        res, run_dir = _fit(tmp_path, workspace, data=tiny_dataset, loss="ce")
     assert res.status == "done"
-    from core.data.index import scan
-
-    skipped = {s.path: s.reason for s in scan(str(tiny_dataset), workspace=workspace).skipped}
-    assert str(bad) in skipped
+    # the run itself says what it could not use, and why: in its info and its log
+    info = json.loads((run_dir / "info.json").read_text())
+    reasons = {f["path"]: f["reason"] for f in info["skipped_images"]}
+    assert info["n_skipped_images"] == 1 and str(bad) in reasons and reasons[str(bad)]
+    assert any(str(bad) in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    n_train = len(list((tiny_dataset / "train").rglob("*.png")))
+    assert info["n_images"]["train"] == n_train - 1  # the others all used
 
 
 def test_decode_failure_in_the_cache_is_reported(tmp_path, workspace):
