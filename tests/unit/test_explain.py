@@ -353,6 +353,11 @@ def test_cache_keeps_maps_in_memory_and_on_disk(tmp_path):
         {"checkpoint_mtime": 2.0},
         {"layers": "layer3"},
         {"top_k": 32},
+        {"run_id": "r2"},
+        {"checkpoint": "last.pt"},
+        {"image": "abd"},
+        {"img_size": 128},
+        {"criterion": "max/top"},
     ):
         assert cache.get(_key(**change)) is None
     fresh = MapCache(tmp_path)  # another process: from disk, float16
@@ -557,3 +562,81 @@ print("imported before the clock:", seen[0])
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "imported before the clock: True" in out.stdout
+
+
+def test_a_single_logit_run_is_explained_for_either_class(workspace, tmp_path):
+    """A BCE run (one logit) through load_run_model, explain() and the cam command: two
+    class probabilities from the sigmoid, targets by class name, opposite Grad-CAM maps."""
+    from core.evaluate.predict import load_run_model
+    from core.explain.service import explain
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_boxed_dataset(data)
+    _write_run(workspace, data, "b1", single=True)
+    loaded = load_run_model("b1", workspace=workspace)
+    assert loaded.single_logit and loaded.classes == ["normal", "opacity"]
+    image = np.asarray(Image.open(data / "test_opacity_1.png"))
+    x = loaded.to_input(image)
+    with torch.no_grad():
+        p = torch.sigmoid(loaded.model(x)[0, 0]).item()
+    assert loaded.predict_proba(x)[0] == pytest.approx([1 - p, p], abs=1e-5)
+    pos, neg = (explain(loaded, image, ["gradcam", "scorecam"], c, top_k=4, cache=False) for c in ("opacity", "normal"))
+    assert [r.target_class for r in pos] == ["opacity"] * 2 and [r.target for r in pos] == [1, 1]
+    assert [r.target_class for r in neg] == ["normal"] * 2 and [r.target for r in neg] == [0, 0]
+    assert all(r.cam is not None and np.isfinite(r.cam).all() for r in pos + neg)
+    # the negated logit's gradients are the negated gradients: what one map shows, the other hides
+    assert not ((pos[0].cam > 0.3) & (neg[0].cam > 0.3)).any()
+
+    code, out, err = _cli("cam", "b1", str(data / "test_opacity_1.png"), "--methods", "gradcam,scorecam",
+                          "--target", "normal", "--k", "4", "--out", str(tmp_path / "pngs"), "--json")  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["prediction"] == pytest.approx({"normal": 1 - p, "opacity": p}, abs=1e-4)
+    assert result["target"] == "normal" and result["true_class"] == "opacity"
+    assert [m["method"] for m in result["maps"]] == ["gradcam", "scorecam"]
+
+
+def test_two_threads_explaining_one_model_get_what_each_gets_alone(run):
+    """The Inspect page shares one loaded model between sessions: the model's lock keeps
+    one CAM's hooks and gradients from mixing with another's."""
+    import threading
+
+    from core.evaluate.predict import load_run_model
+    from core.explain.service import explain
+
+    workspace, data = run
+    loaded = load_run_model("r1", workspace=workspace)
+    images = [np.asarray(Image.open(data / f"test_{c}_{i}.png")) for c in ("normal", "opacity") for i in range(2)]
+    methods = ["gradcam", "gradcam++", "scorecam"]
+    alone = [explain(loaded, img, methods, "opacity", top_k=4, cache=False) for img in images]
+    results: dict[tuple[int, int], list] = {}
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for rep in range(3):
+                for i, img in enumerate(images):
+                    results[(t, rep * len(images) + i)] = explain(loaded, img, methods, "opacity", top_k=4, cache=False)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    assert len(results) == 3 * 3 * len(images)
+    for (_, n), got in results.items():
+        for want, res in zip(alone[n % len(images)], got, strict=True):
+            assert np.abs(res.cam - want.cam).max() < 1e-4, res.method
+    assert _hooks(loaded.model) == 0
+
+
+def test_the_upload_size_limit_is_set_in_the_streamlit_config():
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    limit = config["server"]["maxUploadSize"]  # MB; Streamlit refuses a larger upload itself
+    assert isinstance(limit, int) and 1 <= limit <= 2048
