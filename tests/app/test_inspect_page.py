@@ -120,3 +120,30 @@ def test_the_most_confident_mistakes_are_one_click_away(page, trained):
             assert any("No image matches" in i.value for i in at.info)
         seen.add(bool(len(wrong)))
     assert seen == {True, False}
+
+
+def test_an_uploaded_dicom_is_explained_and_a_bad_upload_is_named(page, tmp_path):
+    """Upload: a 12-bit MONOCHROME1 DICOM (written here) gets predictions and maps, without
+    box scores (no box is known); a file that is no image gets one error naming it."""
+    import numpy as np
+
+    from core.data.dicomwrite import write_dicom
+
+    at, _ = page
+    at.radio(key="insp_source").set_value("Upload").run()
+    assert_clean(at)
+    yy, xx = np.mgrid[0:96, 0:80]
+    stored = (4095 - 3000 * np.exp(-((xx - 30) ** 2 + (yy - 50) ** 2) / 200)).astype(np.uint16)  # bright = low
+    dcm = tmp_path / "chest.dcm"
+    write_dicom(dcm, stored, photometric="MONOCHROME1", bits_stored=12)
+    at.file_uploader(key="insp_upload").set_value(("chest.dcm", dcm.read_bytes(), "application/dicom")).run()
+    assert_clean(at)
+    cells = _cells(at)
+    assert [c["method"] for c in cells] == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
+    assert not any("energy in box" in c["rest"] for c in cells)
+    assert at.get("plotly_chart")
+
+    at.file_uploader(key="insp_upload").set_value(("bad.dcm", b"not a dicom at all" * 10, "application/dicom")).run()
+    assert not at.exception
+    assert [e.value for e in at.error] and "bad.dcm" in at.error[0].value, [e.value for e in at.error]
+    assert not _cells(at)  # nothing is drawn for it
