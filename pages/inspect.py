@@ -43,12 +43,18 @@ def _load(run_id: str, which: str, mtime: float, workspace: str) -> Any:
     return load_run_model(run_id, which, workspace)
 
 
+def checkpoint_of(run: RecordLike) -> str:
+    """A running run is inspected with its latest weights; any other with its best."""
+    return "last" if run.status is RunStatus.RUNNING else "best"
+
+
 def loaded_model(run: RecordLike) -> Any:
     from core.evaluate.predict import checkpoint_path
     from core.workspace import workspace_root
 
-    path = checkpoint_path(run.id, "best")
-    return _load(run.id, path.name, os.path.getmtime(path), str(workspace_root()))
+    which = checkpoint_of(run)
+    path = checkpoint_path(run.id, which)
+    return _load(run.id, which, os.path.getmtime(path), str(workspace_root()))
 
 
 RecordLike = RunRecord
@@ -304,7 +310,8 @@ def main() -> None:
         grid = [list(col) for col in zip(*grid, strict=True)]
     for ri, row in enumerate(grid):
         if not transpose:
-            st.markdown(f"**{runs[ri].name}** · {runs[ri].config.get('arch')} · {runs[ri].id}")
+            st.markdown(f"**{runs[ri].name}** · {runs[ri].config.get('arch')} · {runs[ri].id} · "
+                        f"{os.path.basename(models[runs[ri].id].checkpoint)}")
         cols = st.columns(len(row))
         for ci, (title, img, text) in enumerate(row):
             with cols[ci]:

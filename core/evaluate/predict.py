@@ -66,6 +66,8 @@ def checkpoint_path(run_id: str, which: str = "best", workspace: Any = None) -> 
     """``best`` (falling back to ``last`` while a run has no best yet) or ``last``."""
     from core.runs import run_dir
 
+    if which not in ("best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
     if not run_dir(run_id, workspace).exists():
         raise NotFoundError(f"no run {run_id!r} in this workspace (list them with: python -m core runs)")
     folder = run_dir(run_id, workspace) / "checkpoints"
