@@ -43,6 +43,15 @@ def trained(tmp_path_factory):
             result = execute_run(store, rec, workspace=ws)
             assert result["status"] == "done", result
             ids[name] = rec.id
+        # a run still training: claimed, never finished, with the checkpoints of an epoch
+        import shutil
+
+        from core.runs import run_dir
+
+        live = store.create_run(config.to_dict(), name="insp-live")
+        store.claim_run(live.id, "host")
+        shutil.copytree(run_dir(rec.id, ws) / "checkpoints", run_dir(live.id, ws) / "checkpoints")
+        ids["insp-live"] = live.id
     return ws, ids
 
 
@@ -62,7 +71,8 @@ def test_two_runs_an_image_with_a_box_and_three_methods_render_a_grid(page):
     # the default: the newest finished run, the first test image, three methods
     assert [c["method"] for c in _cells(at)] == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
 
-    at.multiselect(key="insp_runs").set_value(list(ids.values())).run()
+    done = [ids["insp-wce"], ids["insp-focal"]]
+    at.multiselect(key="insp_runs").set_value(done).run()
     at.multiselect(key="insp_true").set_value(["opacity"]).run()  # images with a lesion box
     at.multiselect(key="insp_methods").set_value(["cam", "gradcam", "scorecam"]).run()
     assert_clean(at)
@@ -73,7 +83,8 @@ def test_two_runs_an_image_with_a_box_and_three_methods_render_a_grid(page):
     assert any(not c["cached"] for c in cells)  # computed here, not all read back
     assert "top 32 channels" in cells[2]["rest"]  # Score-CAM's fast mode, with its k
     titles = [m.value for m in at.markdown if m.value.startswith("**insp-")]
-    assert len(titles) == 2 and all(any(i in t for t in titles) for i in ids.values())
+    assert len(titles) == 2 and all(any(i in t for t in titles) for i in done)
+    assert all(t.endswith(" · best.pt") for t in titles), titles  # finished runs: their best weights
     assert at.get("plotly_chart")  # the class probabilities of both runs
 
     # opacity and colormap only repaint: every map comes from the cache
@@ -147,3 +158,20 @@ def test_an_uploaded_dicom_is_explained_and_a_bad_upload_is_named(page, tmp_path
     assert not at.exception
     assert [e.value for e in at.error] and "bad.dcm" in at.error[0].value, [e.value for e in at.error]
     assert not _cells(at)  # nothing is drawn for it
+
+
+def test_a_running_run_is_inspected_with_its_latest_checkpoint(page):
+    at, ids = page
+    at.multiselect(key="insp_runs").set_value([ids["insp-focal"], ids["insp-live"]]).run()
+    assert_clean(at)
+    titles = {m.value.split(" · ")[0]: m.value for m in at.markdown if m.value.startswith("**insp-")}
+    assert titles["**insp-focal**"].endswith(" · best.pt")
+    assert titles["**insp-live**"].endswith(" · last.pt")
+    assert len(_cells(at)) == 6
+
+
+def test_a_checkpoint_other_than_best_or_last_is_refused():
+    from core.evaluate.predict import checkpoint_path
+
+    with pytest.raises(ValueError, match="'best' or 'last'"):
+        checkpoint_path("any", "best.pt")
