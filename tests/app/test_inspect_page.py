@@ -175,3 +175,26 @@ def test_a_checkpoint_other_than_best_or_last_is_refused():
 
     with pytest.raises(ValueError, match="'best' or 'last'"):
         checkpoint_path("any", "best.pt")
+
+
+def test_another_target_layer_and_scores_over_the_split(page):
+    """The layer picker recomputes the maps at that layer; 'Compute scores' gives one row per
+    run x method over the split's images with a box (4 opacity test images here)."""
+    at, ids = page
+    at.multiselect(key="insp_methods").set_value(["gradcam", "scorecam"]).run()
+    default = _cells(at)
+    assert "layer3" in at.selectbox(key="insp_layer").options
+    at.selectbox(key="insp_layer").set_value("layer3").run()
+    assert_clean(at)
+    cells = _cells(at)
+    assert [c["method"] for c in cells] == ["Grad-CAM", "Score-CAM"] and len(default) == 2
+    assert not any(c["cached"] for c in cells)  # a new layer: new maps, not the default layer's
+
+    at.number_input(key="insp_score_limit").set_value(0).run()
+    at.button(key="insp_score").click().run()
+    assert_clean(at)
+    table = at.dataframe[-1].value
+    assert list(table["run"]) == ["insp-focal"] * 2 and list(table["method"]) == ["gradcam", "scorecam"]
+    assert (table["n_images"] == 4).all()
+    assert table["energy_in_box"].between(0, 1).all() and table["pointing_game"].between(0, 1).all()
+    assert table["faithfulness"].notna().all()
