@@ -3,7 +3,8 @@
 In eval mode a BatchNorm2d is an affine map per channel, so ``bn(conv(x))`` equals one
 convolution with scaled weights and a bias: the BatchNorm pass over the activations (a
 memory-bound sweep per layer) disappears. Score-CAM runs hundreds of forward passes per map,
-where this is worth ~10% (bench/cam.py measures it).
+where this is worth 6-27% (512 masked forwards of ResNet-18 at 224 px in bf16: 2.58 s
+unfolded at batch 32, 3.27 s at 64; folded 2.43 s at either).
 
 The pairs are found by tracing the model with torch.fx; the folding itself is torch's own
 ``fuse_conv_bn_eval``. Unlike ``torch.fx.experimental.optimization.fuse``, the model keeps
@@ -22,7 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, batchnorm) module names where the BatchNorm2d is the only user of the
     Conv2d's output and both are called exactly once. Empty if fx cannot trace the model
-    (data-dependent control flow, e.g. DenseNet's memory-efficient branch)."""
+    (data-dependent control flow in its forward)."""
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception:  # noqa: BLE001 - any tracing failure means: leave the model as it is
