@@ -188,7 +188,7 @@ def _demo_config(data: Path, epochs: int, seed: int) -> dict:
 
 
 @pytest.mark.slow
-def test_three_runs_on_ray_finish_cancel_die_and_resume(ray_worker, tmp_path):
+def test_three_runs_on_ray_finish_cancel_die_and_resume(ray_worker, tmp_path, pg_url):
     from core.data.demo import write_demo
 
     store = ray_worker.store
@@ -217,6 +217,13 @@ def test_three_runs_on_ray_finish_cancel_die_and_resume(ray_worker, tmp_path):
     assert {("train", "loss"), ("val", "auc"), ("val", "loss")} <= set(
         zip(metrics["split"], metrics["name"], strict=True)
     )
+    # ... and the job reported them to the PostgreSQL server, read here with its own driver
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        in_pg = conn.execute("SELECT count(*) FROM metrics WHERE run_id = %s", (done_id,)).fetchone()[0]
+    assert in_pg == len(metrics) > 0
+    assert not (ray_worker.workspace / "chestlab.db").exists()  # nothing went to the workspace's SQLite
     # The trainer marks its run done itself; the worker copies the rest of the job's log at
     # its next poll (about a second later).
     deadline = time.monotonic() + 15
