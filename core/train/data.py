@@ -83,7 +83,8 @@ def prepare_data(config: RunConfig, workspace: Any = None, progress: ProgressFn 
     # What the run could not use, with the reason: files the scan rejected (unreadable,
     # truncated, not an image) and files the cache could not decode.
     skipped = [{"path": s.path, "reason": s.reason} for s in report.skipped]
-    skipped += [f for f in cache.failures if f["path"] in set(table["path"])]
+    in_table = set(table["path"])
+    skipped += [f for f in cache.failures if f["path"] in in_table]
     splits: dict[str, SplitData] = {}
     for s in SPLITS:
         m = (table["split"].to_numpy() == s) & good
