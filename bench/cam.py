@@ -232,32 +232,32 @@ def _activation(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _live_channels(model: torch.nn.Module, x: torch.Tensor) -> int:
     """Channels of layer4 that are not constant: one masked forward pass each."""
-    flat = _activation(model, x).flatten(1)
-    return int((flat.amax(1) != flat.amin(1)).sum())
+    from core.explain.scorecam import blank_channels
+
+    return int((~blank_channels(_activation(model, x))).sum())
 
 
 def _full_scores(
     model: torch.nn.Module, x: torch.Tensor, target: Any, precision: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """layer4's activation and every live channel's masked score (the full mode's work)."""
-    from core.explain.scorecam import choose_batch, inference_model, masked_scores
+    from core.explain.scorecam import blank_channels, choose_batch, inference_model, masked_scores
 
     inf = inference_model(model, precision)
     act = _activation(model, x)
-    flat = act.flatten(1)
-    live = torch.nonzero(flat.amax(1) != flat.amin(1)).flatten()
+    blank = blank_channels(act)
+    live = torch.nonzero(~blank).flatten()
     scores = torch.full((act.shape[0],), float("-inf"))
     scores[live] = masked_scores(inf, x, act, live, target, choose_batch(inf, x, len(live))).cpu()
-    if len(live) < act.shape[0]:
-        scores[flat.amax(1) == flat.amin(1)] = inf.scores(torch.zeros_like(x), target)[0].cpu()
+    if bool(blank.any()):
+        scores[blank] = inf.scores(torch.zeros_like(x), target)[0].cpu()
     return act, scores
 
 
 def _fast_weights(act: torch.Tensor, scores: torch.Tensor, k: int, strategy: str) -> np.ndarray:
-    from core.explain.scorecam import DEFAULT_CRITERION, select_channels, surrogate_scores
+    from core.explain.scorecam import DEFAULT_CRITERION, blank_channels, select_channels, surrogate_scores
 
-    flat = act.flatten(1)
-    blank = flat.amax(1) == flat.amin(1)
+    blank = blank_channels(act)
     live = torch.nonzero(~blank).flatten()
     if k >= len(live):
         return torch.softmax(scores, 0).numpy()

@@ -182,6 +182,13 @@ def rank_channels(activation: torch.Tensor, criterion: str = DEFAULT_CRITERION) 
     return torch.argsort(key, descending=True, stable=True)
 
 
+def blank_channels(activation: torch.Tensor) -> torch.Tensor:
+    """(C,) True where a (C, h, w) activation is constant: its min-max mask is zero
+    everywhere, so its masked input is blank and needs no forward pass of its own."""
+    flat = activation.flatten(1)
+    return flat.amax(dim=1) == flat.amin(dim=1)
+
+
 def masked_scores(
     inf: InferenceModel,
     x: torch.Tensor,
@@ -268,8 +275,7 @@ def scorecam_weights(
     channels are scored and the rest get weight 0 ("top") or a surrogate's predicted score
     ("surrogate")."""
     activation = activation.to(inf.device, torch.float32)
-    flat = activation.flatten(1)
-    blank = flat.amax(dim=1) == flat.amin(dim=1)
+    blank = blank_channels(activation)
     live = torch.nonzero(~blank).flatten()
     full = not top_k or top_k >= len(live)
     scored = live if full else select_channels(activation, live, top_k, criterion, strategy)
@@ -413,6 +419,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "DEFAULT_TOP_K",
     "STRATEGIES",
+    "blank_channels",
     "choose_batch",
     "estimate_seconds",
     "inference_model",
