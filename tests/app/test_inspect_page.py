@@ -48,8 +48,7 @@ def trained(tmp_path_factory):
 
         from core.runs import run_dir
 
-        live = store.create_run(config.to_dict(), name="insp-live")
-        store.claim_run(live.id, "host")
+        live = start_here(store, config.replace(name="insp-live"))  # claimed, never executed
         shutil.copytree(run_dir(rec.id, ws) / "checkpoints", run_dir(live.id, ws) / "checkpoints")
         ids["insp-live"] = live.id
     return ws, ids

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError, DataError
-from core.runs import run_dir, run_log_path
+from core.runs import db, run_dir, run_log_path
 from core.runs.cluster import cluster_status, use_launcher
 from core.runs.execute import check_paths
 from core.runs.launcher import PROJECT_ROOT
@@ -223,7 +223,7 @@ def test_three_runs_on_ray_finish_cancel_die_and_resume(ray_worker, tmp_path, pg
     with psycopg.connect(pg_url) as conn:
         in_pg = conn.execute("SELECT count(*) FROM metrics WHERE run_id = %s", (done_id,)).fetchone()[0]
     assert in_pg == len(metrics) > 0
-    assert not (ray_worker.workspace / "chestlab.db").exists()  # nothing went to the workspace's SQLite
+    assert not (ray_worker.workspace / db.DB_FILENAME).exists()  # nothing went to the workspace's SQLite
     # The trainer marks its run done itself; the worker copies the rest of the job's log at
     # its next poll (about a second later).
     deadline = time.monotonic() + 15
