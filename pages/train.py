@@ -261,7 +261,6 @@ def _model(sweep: bool) -> tuple[list[str], str]:
         archs = [st.selectbox("Architecture", names, index=names.index("resnet18"), key="tr_arch")]
     for a in archs:
         st.caption(f"**{a}**: {models.get_arch(a).description}")
-    status = {a: models.pretrained_status(a) for a in archs}
     # ImageNet unless the user says otherwise (as in every notebook); where the weights are
     # not cached the warning below says where they come from: from scratch is only ever chosen.
     choice = st.radio(
@@ -275,7 +274,7 @@ def _model(sweep: bool) -> tuple[list[str], str]:
         "a network). A weights file is a state_dict saved with torch.save.",
     )
     if choice == "imagenet":
-        for s in status.values():
+        for s in (models.pretrained_status(a) for a in archs):
             if s.available:
                 st.caption(f":material/check_circle: {s.message}")
             else:
